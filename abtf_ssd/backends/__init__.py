@@ -1,0 +1,1 @@
+"""Inference backends: each turns a float32 NCHW batch into (box regressions, class logits)."""
