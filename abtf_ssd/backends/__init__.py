@@ -1,1 +1,98 @@
-"""Inference backends: each turns a float32 NCHW batch into (box regressions, class logits)."""
+"""Inference backends: each turns a float32 NCHW batch into (box regressions, class logits).
+
+:func:`create_backend` picks one by framework name; the ONNX Runtime backend never imports torch.
+Every backend answers ``predict(batch (B, 3, H, W) float32) -> (loc (B, 4, A), conf (B, C, A))``
+as float32 numpy arrays, with ``H, W`` the config's ``image_size`` and ``A`` its anchor count.
+
+Which model config a backend serves: ``config_name`` when given, else inferred from the model
+itself - for ONNX the anchor count of its outputs (and its input size), for PyTorch the
+checkpoint's parameter shapes - matched against :data:`abtf_ssd.config.CONFIGS`.
+
+Devices: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ONNX Runtime also takes ``"tensorrt"`` /
+``"tensorrt:N"`` (TensorRT first, CUDA for what TensorRT does not take). A device the installed
+framework cannot use is an error, never a silent CPU run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+FRAMEWORKS = ("onnxruntime", "pytorch")
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created as asked (device, model file, model/config mismatch)."""
+
+
+class Backend(Protocol):
+    name: str
+    """Framework, version and device, e.g. ``onnxruntime 1.20.1 (CPUExecutionProvider)``."""
+    config_name: str
+    input_shape: tuple[int, int, int]
+    """(3, H, W) of one image."""
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """batch (B, 3, H, W) float32 -> (loc (B, 4, A), conf (B, C, A)) float32."""
+        ...
+
+
+def default_threads() -> int:
+    """CPU threads for inference when none are asked for: every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parse_device(device: str, allowed: tuple[str, ...]) -> tuple[str, int]:
+    """``"cuda:1"`` -> ``("cuda", 1)``; a kind outside ``allowed`` or a bad index is a ValueError."""
+    kind, _, index = device.strip().lower().partition(":")
+    if kind not in allowed or (index and (not index.isdigit() or kind == "cpu")):
+        forms = ", ".join(f"{k!r}" if k == "cpu" else f"{k!r} or '{k}:N'" for k in allowed)
+        raise ValueError(f"unsupported device {device!r}; use {forms}")
+    return kind, int(index or 0)
+
+
+def check_batch(batch: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """``batch`` as C-contiguous float32 (B, 3, H, W); a wrong shape is a ValueError naming both."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1:] != tuple(input_shape):
+        raise ValueError(f"input batch has shape {batch.shape}, the model takes (B, {', '.join(map(str, input_shape))})")
+    return batch
+
+
+def create_backend(
+    framework: str,
+    model_path: str | os.PathLike[str],
+    device: str = "cpu",
+    threads: int | None = None,
+    config_name: str | None = None,
+) -> Backend:
+    """A ready backend for ``framework`` ("onnxruntime" | "pytorch") running ``model_path`` on ``device``.
+
+    ``threads``: CPU threads for operators (default: all cores). ``config_name``: the model config,
+    inferred from the model when None (see the module docstring).
+
+    Raises:
+        ValueError: unknown framework or device.
+        FileNotFoundError: no model file.
+        BackendError: the device is unavailable, or the model does not fit the config.
+    """
+    path = Path(model_path)
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; supported: {', '.join(FRAMEWORKS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if framework == "onnxruntime":
+        from abtf_ssd.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, device, threads, config_name)
+    from abtf_ssd.backends.pytorch_backend import PyTorchBackend
+
+    return PyTorchBackend(path, device, threads, config_name)

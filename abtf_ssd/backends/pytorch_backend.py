@@ -1,0 +1,86 @@
+"""PyTorch backend: :class:`abtf_ssd.model.SSDResNet50` with a checkpoint, in eval mode.
+
+The config is ``config_name`` or, when that is None, the one in :data:`abtf_ssd.config.CONFIGS`
+whose parameter names and shapes equal the checkpoint's (compared on the meta device, so no
+model is built twice). Inference runs under ``torch.inference_mode``; ``threads`` sets
+``torch.set_num_threads`` (default: every core). Asking for CUDA from a torch build or machine
+without it is a :class:`BackendError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from abtf_ssd.backends import BackendError, check_batch, default_threads, parse_device
+from abtf_ssd.config import CONFIGS, SSDConfig, get_config
+from abtf_ssd.model import SSDResNet50, build_ssd, load_checkpoint
+
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+def _torch_device(device: str) -> torch.device:
+    kind, index = parse_device(device, DEVICE_KINDS)
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise BackendError(
+            f"device {device!r} asked for, but torch {torch.__version__} ({build}) sees no CUDA device; "
+            "install a CUDA build of torch (https://pytorch.org/get-started/locally/) on a machine with an "
+            "NVIDIA GPU and driver"
+        )
+    if index >= torch.cuda.device_count():
+        raise BackendError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device("cuda", index)
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def infer_config(path: Path) -> SSDConfig:
+    """The config whose model has exactly the checkpoint's parameter names and shapes."""
+    shapes = _checkpoint_shapes(path)
+    matches = []
+    for config in CONFIGS.values():
+        with torch.device("meta"):
+            model_shapes = {k: tuple(v.shape) for k, v in SSDResNet50(config).state_dict().items()}
+        if model_shapes == shapes:
+            matches.append(config)
+    if len(matches) != 1:
+        found = "several configs" if matches else "no config"
+        raise BackendError(
+            f"{path}: {found} fit the checkpoint's parameter shapes; pass config_name "
+            f"(known: {', '.join(CONFIGS)})"
+        )
+    return matches[0]
+
+
+class PyTorchBackend:
+    """``predict`` through the PyTorch model; see the module docstring."""
+
+    def __init__(
+        self, model_path: str | Path, device: str = "cpu", threads: int | None = None, config_name: str | None = None
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.device = _torch_device(device)
+        torch.set_num_threads(threads or default_threads())
+        self.config = get_config(config_name) if config_name is not None else infer_config(self.model_path)
+        self.config_name = self.config.name
+        model = load_checkpoint(build_ssd(self.config_name), self.model_path)
+        self.model = model.to(self.device).eval()
+        self.input_shape = (3, *self.config.image_size)
+        self.name = f"pytorch {torch.__version__} ({self.device})"
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """batch (B, 3, H, W) float32 -> (loc (B, 4, A), conf (B, C, A)) float32."""
+        batch = check_batch(batch, self.input_shape)
+        with torch.inference_mode():
+            images = torch.from_numpy(batch).to(self.device)
+            loc, conf = self.model(images)
+            return loc.float().cpu().numpy(), conf.float().cpu().numpy()

@@ -1,0 +1,707 @@
+"""Check an MLPerf Automotive submission tree the way the automotive submission checker does.
+
+The tree (``--version v0.5``)::
+
+    <root>/                      only .md / .pdf files
+      closed|open/<submitter>/
+        systems/<system>.json    35 fields, system_type "adas"
+        src/ssd/...              the code
+        results/<system>/ssd/<scenario>/
+          user.conf README.md measurements.json
+          performance/run_1/     mlperf_log_summary.txt mlperf_log_detail.txt [mlperf_log_accuracy.json]
+          accuracy/              mlperf_log_summary.txt mlperf_log_detail.txt accuracy.txt
+                                 mlperf_log_accuracy.json (<= 10 KiB, truncated)
+          TEST01/ (closed)       verify_performance.txt verify_accuracy.txt
+                                 performance/run_1/{summary, detail} accuracy/{log, accuracy.txt}
+
+Every rule yields a :class:`CheckError` that names the file or folder it concerns and a
+short rule id (``seed``, ``percentile``, ...). ``allow_test_mode`` relaxes exactly the
+rules in :data:`TEST_MODE_RELAXED_RULES`, which a short test-mode run cannot meet; the
+findings it relaxed are still reported (:attr:`CheckReport.relaxed`).
+
+One stricter rule than the upstream checker: a closed-division result must come from the
+automotive LoadGen (its detail log has the ``effective_use_grouped_qsl`` and
+``effective_server_constant_gen`` settings, which the PyPI inference LoadGen never logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from abtf_ssd.report import LogFormatError, detail_messages
+from abtf_ssd.report import read_detail_log as read_detail_records
+from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, RoundRules, get_round
+
+MAP_TARGET = 0.7179 * 0.999
+"""The checker's mAP threshold: 99.9 % of the reference mAP as the checker rounds it (0.7171821)."""
+
+TEST01_ACCURACY_DELTA_PERCENT = 1.0
+"""Non-deterministic TEST01: how far baseline and compliance mAP may differ (upstream's ssd value)."""
+
+DIVISIONS = ("closed", "open")
+STATUSES = ("hardened", "development", "engineering_samples", "presilicon")
+SYSTEM_TYPE = "adas"
+REQUIRED_SCENARIOS = ("SingleStream",)
+OPTIONAL_SCENARIOS = ("ConstantStream",)
+RESULT_KEY = "early_stopping_latency_ss"
+"""Detail-log key of the reported SingleStream metric (ns)."""
+AUTOMOTIVE_LOADGEN_KEYS = ("effective_use_grouped_qsl", "effective_server_constant_gen")
+"""Settings only the automotive LoadGen logs: their presence tells which LoadGen wrote a log."""
+
+SYSTEM_FIELDS = (
+    "division",
+    "submitter",
+    "status",
+    "system_name",
+    "number_of_nodes",
+    "host_processor_model_name",
+    "host_processors_per_node",
+    "host_processor_core_count",
+    "host_memory_capacity",
+    "host_storage_capacity",
+    "host_storage_type",
+    "accelerators_per_node",
+    "accelerator_model_name",
+    "accelerator_memory_capacity",
+    "framework",
+    "operating_system",
+    "system_type",
+    "other_software_stack",
+    "host_processor_frequency",
+    "host_processor_caches",
+    "host_memory_configuration",
+    "host_processor_interconnect",
+    "host_networking",
+    "host_networking_topology",
+    "accelerator_frequency",
+    "accelerator_host_interconnect",
+    "accelerator_interconnect",
+    "accelerator_interconnect_topology",
+    "accelerator_memory_configuration",
+    "accelerator_on-chip_memories",
+    "cooling",
+    "hw_notes",
+    "sw_notes",
+    "host_network_card_count",
+    "system_type_detail",
+)
+"""The 35 fields every ``systems/<system>.json`` must have."""
+
+SYSTEM_MEANINGFUL_FIELDS = (
+    "division",
+    "submitter",
+    "system_type",
+    "status",
+    "system_name",
+    "number_of_nodes",
+    "host_processor_model_name",
+    "host_processors_per_node",
+    "host_processor_core_count",
+    "host_memory_capacity",
+    "host_memory_configuration",
+    "host_storage_capacity",
+    "host_storage_type",
+    "host_networking",
+    "host_network_card_count",
+    "host_networking_topology",
+    "accelerators_per_node",
+    "accelerator_model_name",
+    "accelerator_memory_capacity",
+    "accelerator_host_interconnect",
+    "accelerator_memory_configuration",
+    "accelerator_interconnect",
+    "cooling",
+    "framework",
+    "operating_system",
+    "other_software_stack",
+)
+"""Fields the checker also wants non-empty (a falsy value, 0 included, fails)."""
+
+MEASUREMENT_FIELDS = (
+    "input_data_types",
+    "retraining",
+    "starting_weights_filename",
+    "weight_data_types",
+    "weight_transformations",
+)
+
+SUMMARY_LOG = "mlperf_log_summary.txt"
+DETAIL_LOG = "mlperf_log_detail.txt"
+ACCURACY_LOG = "mlperf_log_accuracy.json"
+ACCURACY_TXT = "accuracy.txt"
+PERFORMANCE_FILES = (SUMMARY_LOG, DETAIL_LOG)
+ACCURACY_FILES = (SUMMARY_LOG, DETAIL_LOG, ACCURACY_TXT, ACCURACY_LOG)
+TEST01_ACCURACY_FILES = (ACCURACY_LOG, ACCURACY_TXT)
+TEST01_NONDETERMINISTIC_FILES = ("baseline_accuracy.txt", "compliance_accuracy.txt")
+IGNORED_EXTRA_FILES = ("mlperf_log_trace.json", "results.json", ".gitkeep")
+"""Files the upstream checker tolerates beside the required ones in a log folder."""
+IGNORED_ROOT_FOLDERS = (".git", ".github", "assets")
+
+MAX_ACCURACY_LOG_BYTES = 10 * 1024
+MAX_FILE_BYTES = 50 * 1024 * 1024
+TRUNCATION_MARKER = "\n\n...\n\n"
+"""What the truncation tool writes between the kept head and tail of an accuracy log."""
+
+MAP_PATTERN = re.compile(r"^mAP:\s*([0-9.]+)")
+HASH_PATTERN = re.compile(r"^hash=([\w\d]+)$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+TEST_MODE_RELAXED_RULES: dict[str, str] = {
+    "result-valid": "LoadGen result VALID",
+    "min-duration": "min_duration >= 600000 ms",
+    "min-query-count": "minimum query count / early stopping met",
+    "perf-sample-count": "performance sample count >= 128",
+    "map-target": "mAP >= 0.7179 * 0.999 (synthetic demo data)",
+}
+"""Rules a test-mode run cannot meet, relaxed by ``allow_test_mode`` (rule id -> what it asks)."""
+
+
+class CheckerInputError(ValueError):
+    """The folder to check does not exist or is no folder."""
+
+
+@dataclass(frozen=True)
+class CheckError:
+    """One broken rule: the file or folder it concerns, a short rule id, what is wrong."""
+
+    path: Path
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: [{self.rule}] {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """Errors, and in test mode the findings of relaxed rules (not errors)."""
+
+    errors: list[CheckError] = field(default_factory=list)
+    relaxed: list[CheckError] = field(default_factory=list)
+    allow_test_mode: bool = False
+
+    def add(self, path: Path, rule: str, message: str) -> None:
+        finding = CheckError(Path(path), rule, message)
+        if self.allow_test_mode and rule in TEST_MODE_RELAXED_RULES:
+            self.relaxed.append(finding)
+        else:
+            self.errors.append(finding)
+
+
+# --------------------------------------------------------------------------------------------
+# LoadGen logs
+
+
+def read_detail(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Values of ``mlperf_log_detail.txt`` by key and the messages LoadGen flagged as errors.
+
+    The first record of a repeated key wins, as in the upstream checker's log parser; a
+    ``num_errors`` above the flagged messages counts as an error too.
+
+    Raises:
+        LogFormatError: the file is unreadable, has a bad MLLOG line or no MLLOG line at all.
+    """
+    path = Path(path)
+    try:
+        records = read_detail_records(path)
+    except OSError as exc:
+        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    values: dict[str, Any] = {}
+    for record in records:
+        if "key" in record:
+            values.setdefault(record["key"], record.get("value"))
+    if not values:
+        raise LogFormatError(f"{path}: no ':::MLLOG' records; not a LoadGen detail log")
+    errors = detail_messages(records, "is_error")
+    num_errors = values.get("num_errors")
+    if isinstance(num_errors, int) and num_errors > len(errors):
+        errors.append(f"num_errors: {num_errors}")
+    return values, errors
+
+
+def is_automotive_loadgen(values: dict[str, Any]) -> bool:
+    """Whether a detail log (values from :func:`read_detail`) was written by the automotive LoadGen."""
+    return all(key in values for key in AUTOMOTIVE_LOADGEN_KEYS)
+
+
+def loadgen_description(values: dict[str, Any]) -> str:
+    """``"automotive LoadGen <version>"`` or ``"inference LoadGen <version> (PyPI mlcommons-loadgen)"``."""
+    version = values.get("loadgen_version", "unknown version")
+    if is_automotive_loadgen(values):
+        return f"automotive LoadGen {version}"
+    return f"inference LoadGen {version} (PyPI mlcommons-loadgen)"
+
+
+def read_accuracy_entries(path: str | Path) -> list[dict[str, Any]]:
+    """Entries ``{seq_id, qsl_idx, data}`` of an (untruncated) ``mlperf_log_accuracy.json``."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise LogFormatError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); truncated?") from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "qsl_idx" in e and "data" in e for e in entries
+    ):
+        raise LogFormatError(f"{path}: expected a list of {{qsl_idx, data}} entries")
+    return entries
+
+
+def read_map(path: str | Path) -> float | None:
+    """The value of the first ``mAP: <value>`` line of an accuracy.txt, None if there is none."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        match = MAP_PATTERN.match(line)
+        if match:
+            try:
+                return float(match.group(1))
+            except ValueError:
+                return None
+    return None
+
+
+def read_hash(path: str | Path) -> str | None:
+    """The value of the ``hash=`` line of an accuracy.txt, None if there is none."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        match = HASH_PATTERN.match(line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The tree
+
+
+def _dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if not p.is_dir())
+
+
+def _file_set_mismatch(folder: Path, required: Iterable[str], optional: Iterable[str] = ()) -> str | None:
+    present = {p.name for p in _files(folder)}
+    required = set(required)
+    allowed = required | set(optional) | set(IGNORED_EXTRA_FILES)
+    missing = sorted(required - present)
+    extra = sorted(present - allowed)
+    if not missing and not extra:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra)}")
+    return "; ".join(parts)
+
+
+def check_tree_hygiene(root: Path, report: CheckReport) -> None:
+    """Whole-tree rules: no empty folder, dot-file, space, __pycache__, file over 50 MB, broken link."""
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        for name in dirnames + filenames:
+            path = here / name
+            if name.startswith("."):
+                report.add(path, "tree-dot-file", "name starts with a dot (git-unfriendly)")
+            if " " in name:
+                report.add(path, "tree-space", "name contains a space")
+            if name == "__pycache__":
+                report.add(path, "tree-pycache", "__pycache__ folder")
+            if path.is_symlink() and not path.exists():
+                report.add(path, "tree-broken-link", f"broken symbolic link to {os.readlink(path)}")
+        for name in filenames:
+            path = here / name
+            if path.exists() and path.stat().st_size > MAX_FILE_BYTES:
+                size_mb = path.stat().st_size / 2**20
+                report.add(path, "tree-file-size", f"{size_mb:.1f} MB is over the 50 MB limit")
+        if not dirnames and not filenames:
+            report.add(here, "tree-empty-dir", "empty folder")
+
+
+def check_system_json(path: Path, submitter: str, division: str, report: CheckReport) -> None:
+    """``systems/<system>.json``: the 35 fields, meaningful values, adas, status, folder names."""
+    try:
+        system = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        report.add(path, "systems-json", f"unreadable JSON: {exc}")
+        return
+    if not isinstance(system, dict):
+        report.add(path, "systems-json", "must hold a JSON object")
+        return
+    missing = [key for key in SYSTEM_FIELDS if key not in system]
+    if missing:
+        report.add(path, "system-field", f"missing field(s): {', '.join(missing)}")
+    empty = [key for key in SYSTEM_MEANINGFUL_FIELDS if key in system and not system[key]]
+    if empty:
+        report.add(path, "system-field", f"field(s) need a meaningful (non-empty) value: {', '.join(empty)}")
+    if system.get("system_type") != SYSTEM_TYPE:
+        report.add(
+            path, "system-type", f"system_type is {system.get('system_type')!r}, must be {SYSTEM_TYPE!r}"
+        )
+    status = str(system.get("status", "")).lower()
+    if status not in STATUSES:
+        report.add(
+            path, "status", f"status is {system.get('status')!r}, must be one of {', '.join(STATUSES)}"
+        )
+    if str(system.get("submitter", "")).lower() != submitter.lower():
+        report.add(
+            path, "system-submitter", f"submitter is {system.get('submitter')!r}, folder is {submitter!r}"
+        )
+    if system.get("division") != division:
+        report.add(path, "system-division", f"division is {system.get('division')!r}, folder is {division!r}")
+
+
+def check_measurements(scenario_dir: Path, report: CheckReport) -> None:
+    """user.conf and README.md present and non-empty; measurements*.json with the five fields."""
+    for name in ("user.conf", "README.md"):
+        path = scenario_dir / name
+        if not path.is_file():
+            report.add(path, "measure-files", "missing")
+        elif path.stat().st_size == 0:
+            report.add(path, "measure-files", "empty")
+    candidates = sorted(scenario_dir.glob("measurements*.json"))
+    if not candidates:
+        report.add(scenario_dir / "measurements.json", "measurements-json", "missing")
+        return
+    path = candidates[0]
+    try:
+        measurements = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        report.add(path, "measurements-json", f"unreadable JSON: {exc}")
+        return
+    if not isinstance(measurements, dict):
+        report.add(path, "measurements-json", "must hold a JSON object")
+        return
+    for key in MEASUREMENT_FIELDS:
+        if key not in measurements:
+            report.add(path, "measurements-json", f"field {key} is missing")
+        elif not measurements[key]:
+            report.add(path, "measurements-json", f"field {key} needs a meaningful (non-empty) value")
+
+
+def check_performance_run(
+    run_dir: Path, scenario: str, division: str, rules: RoundRules, report: CheckReport
+) -> dict[str, Any] | None:
+    """Rules of a performance run's ``mlperf_log_detail.txt``; returns its values when readable."""
+    detail = run_dir / DETAIL_LOG
+    try:
+        values, errors = read_detail(detail)
+    except LogFormatError as exc:
+        report.add(detail, "detail-log", str(exc))
+        return None
+    for message in errors:
+        report.add(detail, "detail-error", f"LoadGen logged an error: {message}")
+    if values.get("effective_test_mode") != "PerformanceOnly":
+        report.add(
+            detail, "perf-mode", f"test mode is {values.get('effective_test_mode')!r}, not PerformanceOnly"
+        )
+    if values.get("result_validity") != "VALID":
+        report.add(detail, "result-valid", f"result is {values.get('result_validity')!r}, not VALID")
+    for name in ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed"):
+        found, expected = values.get(f"effective_{name}"), getattr(rules, name)
+        if found != expected:
+            report.add(detail, "seed", f"{name} is {found}, round {rules.name} requires {expected}")
+    sample_count = values.get("effective_performance_sample_count")
+    if not isinstance(sample_count, int) or sample_count < rules.performance_sample_count:
+        report.add(
+            detail,
+            "perf-sample-count",
+            f"performance_sample_count is {sample_count}, needs >= {rules.performance_sample_count}",
+        )
+    latency = rules.constant_stream if scenario == "ConstantStream" else rules.single_stream
+    percentile = values.get("effective_target_latency_percentile")
+    if (
+        scenario in REQUIRED_SCENARIOS + OPTIONAL_SCENARIOS
+        and percentile != latency.target_latency_percentile
+    ):
+        report.add(
+            detail,
+            "percentile",
+            f"target_latency_percentile is {percentile}, must be {latency.target_latency_percentile}",
+        )
+    min_duration = values.get("effective_min_duration_ms")
+    if not isinstance(min_duration, int) or min_duration < latency.min_duration_ms:
+        report.add(
+            detail, "min-duration", f"min_duration is {min_duration} ms, needs >= {latency.min_duration_ms}"
+        )
+    query_count = values.get("result_query_count")
+    if not isinstance(query_count, int) or query_count < latency.min_query_count:
+        report.add(
+            detail, "min-query-count", f"{query_count} queries were run, needs >= {latency.min_query_count}"
+        )
+    if not values.get("early_stopping_met"):
+        report.add(
+            detail,
+            "min-query-count",
+            f"early stopping not met: {values.get('early_stopping_result', '')}".strip(),
+        )
+    if not isinstance(values.get(RESULT_KEY), (int, float)):
+        report.add(detail, "result-metric", f"no numeric {RESULT_KEY} (the reported metric)")
+    if scenario == "ConstantStream" and values.get("effective_server_constant_gen") is not True:
+        report.add(detail, "constant-gen", "ConstantStream needs server_constant_gen = true")
+    if division == "closed" and not is_automotive_loadgen(values):
+        report.add(
+            detail,
+            "loadgen",
+            f"written by the {loadgen_description(values)}; a closed result needs the automotive "
+            f"LoadGen: {AUTOMOTIVE_LOADGEN_HINT}",
+        )
+    return values
+
+
+def check_accuracy_dir(acc_dir: Path, report: CheckReport) -> None:
+    """accuracy/: the four files, mAP line and target, hash line, log size, no LoadGen errors."""
+    if not acc_dir.is_dir():
+        report.add(acc_dir, "acc-files", "missing accuracy folder")
+        return
+    mismatch = _file_set_mismatch(acc_dir, ACCURACY_FILES)
+    if mismatch:
+        report.add(acc_dir, "acc-files", mismatch)
+    acc_txt = acc_dir / ACCURACY_TXT
+    acc_log = acc_dir / ACCURACY_LOG
+    if acc_txt.is_file():
+        value = read_map(acc_txt)
+        if value is None:
+            report.add(acc_txt, "map", "no 'mAP: <value>' line")
+        elif value < MAP_TARGET:
+            report.add(acc_txt, "map-target", f"mAP {value} is under the target {MAP_TARGET:.7f}")
+        hash_value = read_hash(acc_txt)
+        if hash_value is None:
+            report.add(acc_txt, "acc-hash", "no 'hash=<sha256 of mlperf_log_accuracy.json>' line")
+        elif not SHA256_PATTERN.match(hash_value):
+            report.add(acc_txt, "acc-hash", f"hash {hash_value!r} is not a sha256 hex digest")
+        elif acc_log.is_file():
+            # A log that was small enough to stay whole must hash to the recorded value.
+            if TRUNCATION_MARKER not in acc_log.read_text(encoding="utf-8", errors="replace"):
+                if sha256_file(acc_log) != hash_value:
+                    report.add(acc_txt, "acc-hash", f"hash does not match the sha256 of {acc_log.name}")
+    if acc_log.is_file() and acc_log.stat().st_size > MAX_ACCURACY_LOG_BYTES:
+        report.add(
+            acc_log,
+            "acc-log-size",
+            f"{acc_log.stat().st_size} bytes: over {MAX_ACCURACY_LOG_BYTES} bytes, not truncated",
+        )
+    detail = acc_dir / DETAIL_LOG
+    if detail.is_file():
+        try:
+            values, errors = read_detail(detail)
+        except LogFormatError as exc:
+            report.add(detail, "detail-log", str(exc))
+        else:
+            for message in errors:
+                report.add(detail, "detail-error", f"LoadGen logged an error: {message}")
+            if values.get("effective_test_mode") != "AccuracyOnly":
+                report.add(
+                    detail,
+                    "acc-mode",
+                    f"test mode is {values.get('effective_test_mode')!r}, not AccuracyOnly",
+                )
+
+
+def check_test01(
+    scenario_dir: Path, scenario: str, division: str, rules: RoundRules, report: CheckReport
+) -> None:
+    """TEST01 (closed division): verify files, the compliance performance run, its accuracy files."""
+    test_dir = scenario_dir / "TEST01"
+    if not test_dir.is_dir():
+        report.add(test_dir, "test01-missing", "closed division needs the TEST01 compliance results")
+        return
+    verify_perf = test_dir / "verify_performance.txt"
+    if not verify_perf.is_file():
+        report.add(verify_perf, "test01-perf", "missing")
+    elif "TEST PASS" not in verify_perf.read_text(encoding="utf-8"):
+        report.add(verify_perf, "test01-perf", "performance verification did not pass (no 'TEST PASS')")
+    run_dir = test_dir / "performance" / "run_1"
+    if not run_dir.is_dir():
+        report.add(run_dir, "test01-perf", "missing TEST01 performance/run_1 folder")
+    else:
+        mismatch = _file_set_mismatch(run_dir, PERFORMANCE_FILES, (ACCURACY_LOG,))
+        if mismatch:
+            report.add(run_dir, "test01-perf", mismatch)
+        if (run_dir / DETAIL_LOG).is_file():
+            check_performance_run(run_dir, scenario, division, rules, report)
+
+    verify_acc = test_dir / "verify_accuracy.txt"
+    acc_dir = test_dir / "accuracy"
+    if not verify_acc.is_file():
+        report.add(verify_acc, "test01-acc", "missing")
+        return
+    if not acc_dir.is_dir():
+        report.add(acc_dir, "test01-acc", "missing TEST01 accuracy folder")
+        return
+    deterministic = "TEST PASS" in verify_acc.read_text(encoding="utf-8")
+    required = TEST01_ACCURACY_FILES + (() if deterministic else TEST01_NONDETERMINISTIC_FILES)
+    mismatch = _file_set_mismatch(acc_dir, required)
+    if mismatch:
+        report.add(acc_dir, "test01-acc", mismatch)
+        return
+    if not deterministic:
+        baseline = read_map(acc_dir / "baseline_accuracy.txt")
+        compliance = read_map(acc_dir / "compliance_accuracy.txt")
+        if not baseline or not compliance:
+            report.add(acc_dir, "test01-acc", "baseline/compliance accuracy.txt lack an mAP value")
+        else:
+            delta = abs(1 - baseline / compliance) * 100
+            if delta > TEST01_ACCURACY_DELTA_PERCENT:
+                report.add(
+                    acc_dir,
+                    "test01-acc",
+                    f"results differ from the accuracy run and the mAP delta {delta:.3f} % is over "
+                    f"{TEST01_ACCURACY_DELTA_PERCENT} %",
+                )
+
+
+def check_scenario(scenario_dir: Path, division: str, rules: RoundRules, report: CheckReport) -> None:
+    scenario = scenario_dir.name
+    check_measurements(scenario_dir, report)
+    run_dir = scenario_dir / "performance" / "run_1"
+    if not run_dir.is_dir():
+        report.add(run_dir, "perf-files", "missing performance/run_1 folder")
+    else:
+        mismatch = _file_set_mismatch(run_dir, PERFORMANCE_FILES, (ACCURACY_LOG,))
+        if mismatch:
+            report.add(run_dir, "perf-files", mismatch)
+        if (run_dir / DETAIL_LOG).is_file():
+            check_performance_run(run_dir, scenario, division, rules, report)
+    check_accuracy_dir(scenario_dir / "accuracy", report)
+    if division == "closed":
+        check_test01(scenario_dir, scenario, division, rules, report)
+
+
+def check_submitter(submitter_dir: Path, division: str, rules: RoundRules, report: CheckReport) -> None:
+    submitter = submitter_dir.name
+    results = submitter_dir / "results"
+    systems = submitter_dir / "systems"
+    if not results.is_dir():
+        report.add(results, "submitter-layout", "missing results folder")
+        return
+    code_dir = submitter_dir / "src" / MODEL_NAME
+    if not code_dir.is_dir() or not any(p.is_file() for p in code_dir.rglob("*")):
+        report.add(code_dir, "code-dir", "the code that produced the results must be here (missing or empty)")
+    system_dirs = _dirs(results)
+    if not system_dirs:
+        report.add(results, "submitter-layout", "no system folder")
+    for system_dir in system_dirs:
+        system_json = systems / f"{system_dir.name}.json"
+        if not system_json.is_file():
+            report.add(system_json, "systems-json", f"missing; results/{system_dir.name} needs it")
+        else:
+            check_system_json(system_json, submitter, division, report)
+        model_dirs = _dirs(system_dir)
+        if not model_dirs:
+            report.add(system_dir, "model", f"no {MODEL_NAME} folder")
+        for model_dir in model_dirs:
+            if model_dir.name != MODEL_NAME:
+                report.add(
+                    model_dir, "model", f"unknown model {model_dir.name!r}; this checker knows {MODEL_NAME}"
+                )
+                continue
+            scenarios = {p.name: p for p in _dirs(model_dir)}
+            for scenario, scenario_dir in sorted(scenarios.items()):
+                if division == "closed" and scenario not in REQUIRED_SCENARIOS + OPTIONAL_SCENARIOS:
+                    report.add(
+                        scenario_dir, "scenario", f"{scenario} is neither required nor optional for ssd"
+                    )
+                    continue
+                check_scenario(scenario_dir, division, rules, report)
+            if division == "closed":
+                for scenario in REQUIRED_SCENARIOS:
+                    if scenario not in scenarios:
+                        report.add(
+                            model_dir / scenario, "scenario", f"required scenario {scenario} is missing"
+                        )
+
+
+def run_checks(
+    submission_dir: str | Path, version: str = "v0.5", allow_test_mode: bool = False
+) -> CheckReport:
+    """Every rule on the tree at ``submission_dir``; see :func:`check_submission`."""
+    root = Path(submission_dir)
+    if not root.is_dir():
+        raise CheckerInputError(f"submission folder {root} does not exist or is not a folder")
+    rules = get_round(version)
+    report = CheckReport(allow_test_mode=allow_test_mode)
+    for path in _files(root):
+        if path.suffix not in (".md", ".pdf"):
+            report.add(path, "root-files", "only .md and .pdf files may lie at the root")
+    divisions = []
+    for path in _dirs(root):
+        if path.name in DIVISIONS:
+            divisions.append(path)
+        elif path.name not in IGNORED_ROOT_FOLDERS:
+            report.add(path, "division", f"{path.name!r} is no division ({' | '.join(DIVISIONS)})")
+    if not divisions:
+        report.add(root, "division", "no closed or open division folder")
+    for division_dir in divisions:
+        check_tree_hygiene(division_dir, report)
+        for path in _files(division_dir):
+            report.add(path, "submitter-layout", "files are not allowed beside the submitter folders")
+        for submitter_dir in _dirs(division_dir):
+            check_submitter(submitter_dir, division_dir.name, rules, report)
+    return report
+
+
+def check_submission(
+    submission_dir: str | Path, version: str = "v0.5", allow_test_mode: bool = False
+) -> list[CheckError]:
+    """All errors of the submission tree at ``submission_dir`` (empty when it passes).
+
+    ``allow_test_mode`` relaxes the rules of :data:`TEST_MODE_RELAXED_RULES`; use
+    :func:`run_checks` to also get what was relaxed.
+    """
+    return run_checks(submission_dir, version, allow_test_mode).errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="abtf-ssd-check-submission", description="Check an MLPerf Automotive submission tree (ssd)."
+    )
+    parser.add_argument(
+        "submission_dir", type=Path, help="root of the submission tree (holds closed/ or open/)"
+    )
+    parser.add_argument("--version", default="v0.5", help="round (default v0.5)")
+    parser.add_argument(
+        "--allow-test-mode",
+        action="store_true",
+        help=f"relax the rules a test-mode run cannot meet: {', '.join(TEST_MODE_RELAXED_RULES)}",
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = run_checks(args.submission_dir, args.version, args.allow_test_mode)
+    except (CheckerInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.allow_test_mode:
+        print("test mode: relaxed rules: " + "; ".join(TEST_MODE_RELAXED_RULES.values()))
+        for finding in report.relaxed:
+            print(f"relaxed: {finding}")
+    for error in report.errors:
+        print(f"ERROR {error}")
+    if report.errors:
+        print(f"{len(report.errors)} error(s): the submission does not pass")
+        return 1
+    print(f"{args.submission_dir}: submission passes the {args.version} checks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""``abtf-ssd``: the command line over the library, one subcommand per library entry point.
+
+    abtf-ssd synth | preprocess | export-onnx | train | run | accuracy | show | sysinfo
+
+Each subcommand maps its options onto one library function. Options left out are not passed at
+all, so the library's own defaults apply and are stated only there. Errors the library raises for
+bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from abtf_ssd.sysinfo import DEVICES, FRAMEWORKS
+
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
+"""The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
+
+MODEL_FORMATS = ("onnx", "pytorch")
+
+
+def export_model(
+    config: str,
+    out: str | Path,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    model_format: str = "onnx",
+    batch_size: int = 1,
+) -> Path:
+    """Write an SSD-ResNet50 of ``config`` as ONNX or as a PyTorch checkpoint.
+
+    Weights come from ``checkpoint`` when given, else from the seeded initialisation.
+    """
+    from abtf_ssd.model import build_ssd, export_onnx, init_weights, load_checkpoint
+    from abtf_ssd.train import save_checkpoint
+
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"unknown model format {model_format!r}; known: {', '.join(MODEL_FORMATS)}")
+    model = build_ssd(config)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    else:
+        init_weights(model, seed)
+    if model_format == "onnx":
+        return export_onnx(model, out, batch_size=batch_size)
+    return save_checkpoint(model, out, half=False, seed=seed, source=str(checkpoint or "random"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands: each takes the parsed options as keyword arguments.
+
+
+def _synth(**options: Any) -> None:
+    from abtf_ssd.synth import generate
+
+    print(generate(**options))
+
+
+def _preprocess(split: str | None = None, **options: Any) -> None:
+    from abtf_ssd.cognata import official_split
+    from abtf_ssd.preprocess import build_preprocessed
+
+    if split is not None:
+        options["split_csv"] = official_split(split)
+    print(build_preprocessed(**options))
+
+
+def _export(**options: Any) -> None:
+    print(export_model(**options))
+
+
+def _train(**options: Any) -> None:
+    from abtf_ssd.train import train
+
+    result = train(**options)
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
+
+
+def _run(**options: Any) -> None:
+    from abtf_ssd.harness import RunOptions, run
+
+    result = run(RunOptions(**options))
+    print(f"results: {result.output_dir}")
+
+
+def _accuracy(**options: Any) -> None:
+    from abtf_ssd.accuracy import accuracy_main, format_accuracy
+
+    print(format_accuracy(accuracy_main(**options)), end="")
+
+
+def _sysinfo(out: str | None = None, **options: Any) -> None:
+    from abtf_ssd.sysinfo import collect, write_sut_info
+
+    if out is None:
+        print(json.dumps(collect(**options), indent=2))
+    else:
+        print(write_sut_info(out, **options))
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    """int for fields annotated ``int`` / ``int | None``, str for everything else (paths, names)."""
+    kinds = {part.strip() for part in str(field.type).split("|")}
+    return int if "int" in kinds else float if "float" in kinds else str
+
+
+def _add_dataclass_options(
+    parser: argparse.ArgumentParser, cls: type, choices: dict[str, Sequence[str]]
+) -> None:
+    """One option a field, ``--field-name``; fields without a default are required."""
+    for field in dataclasses.fields(cls):
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = "" if required else f" (default: {field.default})"
+        _opt(
+            parser,
+            _flag(field.name),
+            field.name,
+            f"{cls.__name__}.{field.name}{default}",
+            type=_field_type(field),
+            required=required,
+            choices=choices.get(field.name),
+        )
+
+
+def run_arguments(options: Any) -> list[str]:
+    """``abtf-ssd run`` arguments that recreate the :class:`~abtf_ssd.harness.RunOptions` ``options``.
+
+    Only values that differ from the dataclass defaults are written, so the command stays short.
+    """
+    args = []
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if value is not None and value != field.default:
+            args += [_flag(field.name), str(value)]
+    return args
+
+
+def _opt(parser: argparse.ArgumentParser, flag: str, dest: str, help: str, **kwargs: Any) -> None:
+    """An option that is absent from the namespace unless given (library default applies)."""
+    kwargs.setdefault("default", argparse.SUPPRESS)
+    parser.add_argument(flag, dest=dest, help=help, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abtf-ssd", description="MLPerf Automotive SSD-ResNet50 on Cognata: library commands."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic Cognata dataset (raw layout + split CSVs)")
+    _opt(p, "--out", "out_root", "dataset root to write", required=True)
+    _opt(p, "--frames", "frames", "validation frames", type=int)
+    _opt(p, "--calibration-frames", "calibration_frames", "calibration frames", type=int)
+    _opt(p, "--train-frames", "train_frames", "training frames", type=int)
+    _opt(p, "--width", "width", "frame width in pixels", type=int)
+    _opt(p, "--height", "height", "frame height in pixels", type=int)
+    _opt(p, "--seed", "seed", "scene seed", type=int)
+    _opt(p, "--workers", "workers", "processes (default: one per CPU)", type=int)
+    p.set_defaults(handler=_synth)
+
+    p = sub.add_parser("preprocess", help="raw frames -> <prefix>_<i>.pkl samples")
+    _opt(p, "--raw", "raw_root", "raw dataset root the split CSV is relative to", required=True)
+    split = p.add_mutually_exclusive_group(required=True)
+    _opt(split, "--split-csv", "split_csv", "img,ann split CSV")
+    _opt(split, "--split", "split", "official split", choices=("validation", "calibration"))
+    _opt(p, "--out", "out_dir", "output folder", required=True)
+    _opt(p, "--prefix", "prefix", "sample file prefix: val or calib", required=True)
+    _opt(p, "--config", "config_name", "model config the images are resized for", required=True)
+    _opt(p, "--workers", "workers", "processes (default: one per CPU)", type=int)
+    _opt(p, "--count", "count", "only the first N rows of the split", type=int)
+    p.set_defaults(handler=_preprocess)
+
+    p = sub.add_parser("export-onnx", help="write a model of a config as ONNX (or a PyTorch checkpoint)")
+    _opt(p, "--config", "config", "model config name", required=True)
+    _opt(p, "--out", "out", "output file", required=True)
+    _opt(p, "--checkpoint", "checkpoint", "weights to load (default: seeded random initialisation)")
+    _opt(p, "--seed", "seed", "initialisation seed without --checkpoint", type=int)
+    _opt(p, "--format", "model_format", "output format", choices=MODEL_FORMATS)
+    _opt(p, "--batch-size", "batch_size", "example batch size of the export", type=int)
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("train", help="train a model from scratch on preprocessed samples")
+    _opt(p, "--data", "train_dir", "folder of <prefix>_<i>.pkl samples", required=True)
+    _opt(p, "--out", "out_path", "checkpoint to write", required=True)
+    _opt(p, "--config", "config_name", "model config name")
+    _opt(p, "--minutes", "minutes", "wall-clock budget", type=float)
+    _opt(p, "--max-iters", "max_iters", "stop after this many iterations instead", type=int)
+    _opt(p, "--seed", "seed", "initialisation and sampling seed", type=int)
+    _opt(p, "--batch-size", "batch_size", "samples per step", type=int)
+    _opt(p, "--lr", "lr", "peak learning rate", type=float)
+    _opt(p, "--threads", "threads", "torch threads", type=int)
+    _opt(
+        p,
+        "--prefix",
+        "prefix",
+        "sample file prefix",
+    )
+    _opt(p, "--full-precision", "half", "store float32 weights", action="store_false")
+    p.set_defaults(handler=_train)
+
+    from abtf_ssd import rules
+    from abtf_ssd.config import CONFIGS
+    from abtf_ssd.harness import RunOptions
+
+    p = sub.add_parser("run", help="one LoadGen run (performance, accuracy or find-performance)")
+    run_choices = {
+        "framework": FRAMEWORKS,
+        "device": DEVICES,
+        "config_name": tuple(CONFIGS),
+        "scenario": rules.SCENARIOS,
+        "mode": rules.MODES,
+        "round": tuple(rules.ROUNDS),
+        "execution_mode": rules.EXECUTION_MODES,
+    }
+    _add_dataclass_options(p, RunOptions, run_choices)
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("accuracy", help="mAP of an accuracy log; writes accuracy.txt")
+    source = p.add_mutually_exclusive_group(required=True)
+    _opt(source, "--result-dir", "result_dir", "run folder (its accuracy/ or itself holds the log)")
+    _opt(source, "--log", "log_path", "a mlperf_log_accuracy.json")
+    _opt(p, "--dataset", "dataset_path", "preprocessed folder (default: named by the run's results.json)")
+    _opt(p, "--out", "out", "accuracy.txt to write (default: beside the log)")
+    _opt(p, "--prefix", "prefix", "sample file prefix")
+    p.set_defaults(handler=_accuracy)
+
+    p = sub.add_parser("sysinfo", help="describe this system (mlc-sut-info.json)")
+    _opt(p, "--out", "out", "file to write (default: print)")
+    _opt(p, "--framework", "framework", "framework whose version to record", choices=FRAMEWORKS)
+    _opt(p, "--device", "device", "device the run uses", choices=DEVICES)
+    p.set_defaults(handler=_sysinfo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    logging.basicConfig(level=logging.INFO if args.pop("verbose") else logging.WARNING, format="%(message)s")
+    command = args.pop("command")
+    handler: Callable[..., None] = args.pop("handler")
+    try:
+        handler(**args)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"abtf-ssd {command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

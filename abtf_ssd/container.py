@@ -1,0 +1,447 @@
+"""Run the benchmark's mlcr command inside a container (``--docker``), on CPU or CUDA.
+
+``mlcr`` ignores ``--docker``; run-abtf-inference's customize.py calls :func:`run_from_mlc`, which plans
+(:func:`plan_docker_run`) and carries out (:func:`execute`) two commands:
+
+- ``docker build`` of ``docker/Dockerfile.<device>``, only when the image is missing: its tag holds a
+  hash of the Dockerfile, the files the Dockerfile installs and the bundle version, so an edit to any
+  of them (and nothing else) means a new image;
+- ``docker run`` of the same mlcr command without its ``--docker*`` flags: non-interactive
+  (``--quiet``, no terminal), as the host's numeric user and group so the files it writes belong to
+  whoever ran it, with the results folder and an MLC cache kept for containers mounted read-write, and
+  the dataset and model (fetched on the host first when ``MLC_USE_*_FROM_HOST`` say so) mounted
+  read-only, the inner command pointing at their mount points.
+
+Commands are argument lists, never shell strings, so a path with spaces, quotes or ``$(...)`` reaches
+docker as one argument. ``--docker_dryrun`` prints them (shell-quoted) and writes the Dockerfile next
+to the results instead of running them; that also works where no Docker engine is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+
+DEVICES = ("cpu", "cuda")
+DOCKER = "docker"
+IMAGE_NAME = "abtf-ssd"
+BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+
+# Where the host folders appear inside the container.
+CONTAINER_DATASET = "/mnt/abtf-ssd/dataset"
+CONTAINER_MODEL = "/mnt/abtf-ssd/model"
+CONTAINER_RESULTS = "/mnt/abtf-ssd/results"
+
+# run-abtf-inference inputs that the inner command gets rewritten to the mount points.
+DATASET_FLAG = "dataset_path"
+MODEL_FLAG = "model_path"
+RESULTS_FLAG = "results_dir"
+
+_TRUE = ("", "yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class ContainerError(RuntimeError):
+    """A docker build or run failed, or could not start."""
+
+
+class DockerUnavailableError(ContainerError):
+    """No Docker engine: no ``docker`` program, or ``docker info`` cannot reach the daemon."""
+
+
+@dataclass(frozen=True)
+class DockerOptions:
+    """The ``--docker_*`` flags of an mlcr command line."""
+
+    dry_run: bool = False
+    rebuild: bool = False
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount: ``host`` appears at ``container`` inside the container."""
+
+    host: Path
+    container: str
+    read_only: bool
+
+    @property
+    def volume(self) -> str:
+        """The value of ``docker run -v``."""
+        return f"{self.host}:{self.container}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
+class DockerPlan:
+    """Everything a containerised run needs; ``build_cmd`` and ``run_cmd`` are argument lists."""
+
+    device: str
+    image: str
+    dockerfile: Path
+    context: Path
+    inner_cmd: tuple[str, ...]
+    mounts: tuple[Mount, ...]
+    env: tuple[tuple[str, str], ...]
+    user: str | None
+    results_dir: Path
+    mlc_cache_dir: Path
+
+    @property
+    def build_cmd(self) -> list[str]:
+        return [DOCKER, "build", "--file", str(self.dockerfile), "--tag", self.image, str(self.context)]
+
+    @property
+    def run_options(self) -> list[str]:
+        """The ``docker run`` options, between ``run`` and the image."""
+        options = ["--rm", "--init"]
+        if self.user is not None:
+            options += ["--user", self.user]
+        if self.device == "cuda":
+            options += ["--gpus", "all"]
+        for mount in self.mounts:
+            options += ["-v", mount.volume]
+        for name, value in self.env:
+            options += ["-e", f"{name}={value}"]
+        return options
+
+    @property
+    def run_cmd(self) -> list[str]:
+        return [DOCKER, "run", *self.run_options, self.image, *self.inner_cmd]
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """Split a Dockerfile into ``(INSTRUCTION, arguments)``, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def dockerfile_env(dockerfile: Path) -> dict[str, str]:
+    """The ``ENV KEY=VALUE`` settings of a Dockerfile (the last one of each key, values unexpanded)."""
+    env: dict[str, str] = {}
+    for keyword, arguments in dockerfile_instructions(dockerfile.read_text()):
+        if keyword != "ENV":
+            continue
+        for item in shlex.split(arguments):
+            name, equals, value = item.partition("=")
+            if not equals:
+                raise ValueError(f"{dockerfile}: use the ENV KEY=VALUE form, got ENV {arguments!r}")
+            env[name] = value
+    return env
+
+
+def image_definition_files(dockerfile: Path, context: Path) -> list[Path]:
+    """The files that make up an image: the Dockerfile, its ignore file, the ``docker/`` files it names."""
+    files = [dockerfile]
+    ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    if ignore_file.is_file():
+        files.append(ignore_file)
+    named = sorted(set(re.findall(r"\bdocker/[\w.*-]+", dockerfile.read_text())))
+    for pattern in named:
+        files += sorted(path for path in context.glob(pattern) if path.is_file() and path not in files)
+    return files
+
+
+def image_tag(dockerfile: Path, version: str = __version__, device: str | None = None) -> str:
+    """``abtf-ssd:<version>-<device>-<12 hex digits of the image definition's sha256>``."""
+    context = dockerfile.resolve().parent.parent
+    device = device or dockerfile.suffix.lstrip(".")
+    digest = hashlib.sha256(version.encode())
+    for path in image_definition_files(dockerfile.resolve(), context):
+        digest.update(b"\0" + path.relative_to(context).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"{IMAGE_NAME}:{version}-{device}-{digest.hexdigest()[:12]}"
+
+
+def _flag_name(argument: str) -> str | None:
+    """``--docker-dryrun=yes`` -> ``docker_dryrun``; ``None`` for anything that is not a ``--`` flag."""
+    if not argument.startswith("--"):
+        return None
+    name = argument[2:].split("=", 1)[0]
+    return name if "." in name else name.replace("-", "_")
+
+
+def _is_docker_flag(argument: str) -> bool:
+    name = _flag_name(argument)
+    return name is not None and (name == "docker" or name.startswith("docker_"))
+
+
+def _flag_bool(argument: str) -> bool:
+    value = argument.partition("=")[2].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{argument}: expected yes/no, true/false, on/off or 1/0")
+
+
+def docker_options(mlcr_argv: Sequence[str]) -> DockerOptions:
+    """Read ``--docker_dryrun``, ``--docker_rebuild`` and ``--docker_image=<tag>`` off a command line."""
+    dry_run = rebuild = False
+    image = None
+    for argument in mlcr_argv[1:]:
+        name = _flag_name(argument)
+        if name == "docker_dryrun":
+            dry_run = _flag_bool(argument)
+        elif name == "docker_rebuild":
+            rebuild = _flag_bool(argument)
+        elif name == "docker_image":
+            image = argument.partition("=")[2] or None
+    return DockerOptions(dry_run=dry_run, rebuild=rebuild, image=image)
+
+
+def inner_command(mlcr_argv: Sequence[str], replacements: Mapping[str, str]) -> list[str]:
+    """The mlcr command to run in the container.
+
+    Drops ``--docker`` and every ``--docker_*`` flag, replaces the flags named in ``replacements`` (a
+    flag name -> its new value) and makes the run non-interactive (``--quiet``); everything else is
+    kept in order.
+    """
+    if not mlcr_argv:
+        raise ValueError("the mlcr command line is empty")
+    program = Path(mlcr_argv[0]).name or "mlcr"
+    kept = [
+        argument
+        for argument in mlcr_argv[1:]
+        if not _is_docker_flag(argument) and _flag_name(argument) not in replacements
+    ]
+    kept += [f"--{name}={value}" for name, value in replacements.items()]
+    if not any(_flag_name(argument) == "quiet" for argument in kept):
+        kept.append("--quiet")
+    return [program, *kept]
+
+
+def _host_path(path: str | os.PathLike[str], what: str, must_exist: bool) -> Path:
+    resolved = Path(path).expanduser().resolve()
+    if must_exist and not resolved.exists():
+        raise FileNotFoundError(f"{what} {resolved} does not exist")
+    if ":" in str(resolved):
+        raise ValueError(f"{what} {resolved} contains ':', which docker -v cannot mount; rename it or use a link")
+    return resolved
+
+
+def _read_only_mount(host: Path, container_dir: str) -> Mount:
+    """A folder at ``container_dir``; a file inside it, under its name made shell-safe."""
+    if host.is_dir():
+        return Mount(host, container_dir, read_only=True)
+    name = _SAFE_NAME.sub("_", host.name).lstrip(".") or "file"
+    return Mount(host, f"{container_dir}/{name}", read_only=True)
+
+
+def plan_docker_run(
+    mlcr_argv: Sequence[str],
+    device: str,
+    results_dir: str | os.PathLike[str],
+    mlc_cache_dir: str | os.PathLike[str],
+    dataset_path: str | os.PathLike[str] | None = None,
+    model_path: str | os.PathLike[str] | None = None,
+    dataset_from_host: bool = False,
+    model_from_host: bool = False,
+    image: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    bundle_root: str | os.PathLike[str] | None = None,
+    user: str | None = None,
+) -> DockerPlan:
+    """Plan the build and run of ``mlcr_argv`` (``sys.argv`` of the mlcr process) in a container.
+
+    ``mlc_cache_dir``: a host folder kept for the containers' MLC cache (mounted as the image's
+    ``$MLC_REPOS/local/cache``); not the host's own cache, whose entries point at host paths.
+    ``dataset_path`` / ``model_path``: mounted read-only when given; the ``*_from_host`` flags say
+    they were fetched on the host first and so must be given. ``image``: a tag instead of the hashed
+    one. ``env``: extra variables for the container. ``user``: ``uid:gid`` (default: this process's).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r}: --docker runs one of {', '.join(DEVICES)}")
+    root = Path(bundle_root).resolve() if bundle_root is not None else BUNDLE_ROOT
+    dockerfile = root / "docker" / f"Dockerfile.{device}"
+    if not dockerfile.is_file():
+        raise FileNotFoundError(f"{dockerfile} not found: --docker needs the bundle's source tree")
+    for given, from_host, what in (
+        (dataset_path, dataset_from_host, "dataset"),
+        (model_path, model_from_host, "model"),
+    ):
+        if from_host and given is None:
+            raise ValueError(f"MLC_USE_{what.upper()}_FROM_HOST=yes, but no {what} path was fetched on the host")
+
+    mounts: list[Mount] = []
+    replacements: dict[str, str] = {}
+    for given, container_dir, flag, what in (
+        (dataset_path, CONTAINER_DATASET, DATASET_FLAG, "dataset"),
+        (model_path, CONTAINER_MODEL, MODEL_FLAG, "model"),
+    ):
+        if given is not None:
+            mount = _read_only_mount(_host_path(given, what, must_exist=True), container_dir)
+            mounts.append(mount)
+            replacements[flag] = mount.container
+    results = _host_path(results_dir, "results folder", must_exist=False)
+    cache = _host_path(mlc_cache_dir, "MLC cache folder", must_exist=False)
+    mlc_repos = dockerfile_env(dockerfile).get("MLC_REPOS")
+    if not mlc_repos:
+        raise ValueError(f"{dockerfile}: no ENV MLC_REPOS=..., so the MLC cache has no mount point")
+    mounts.append(Mount(results, CONTAINER_RESULTS, read_only=False))
+    mounts.append(Mount(cache, f"{mlc_repos}/local/cache", read_only=False))
+    replacements[RESULTS_FLAG] = CONTAINER_RESULTS
+
+    container_env = {"MLC_RUN_STATE_DOCKER": "yes"}
+    if dataset_from_host:
+        container_env["MLC_USE_DATASET_FROM_HOST"] = "yes"
+    if model_from_host:
+        container_env["MLC_USE_MODEL_FROM_HOST"] = "yes"
+    container_env.update(env or {})
+    if user is None and hasattr(os, "getuid"):
+        user = f"{os.getuid()}:{os.getgid()}"
+    return DockerPlan(
+        device=device,
+        image=image or image_tag(dockerfile, device=device),
+        dockerfile=dockerfile,
+        context=root,
+        inner_cmd=tuple(inner_command(mlcr_argv, replacements)),
+        mounts=tuple(mounts),
+        env=tuple(container_env.items()),
+        user=user,
+        results_dir=results,
+        mlc_cache_dir=cache,
+    )
+
+
+def require_docker_engine() -> None:
+    """Raise :class:`DockerUnavailableError` unless ``docker`` exists and ``docker info`` reaches the daemon."""
+    advice = (
+        "Install and start a Docker engine (plus the NVIDIA Container Toolkit for --device=cuda), "
+        "or add --docker_dryrun to print the docker build / docker run commands instead of running them."
+    )
+    if shutil.which(DOCKER) is None:
+        raise DockerUnavailableError(f"--docker needs Docker, and there is no `{DOCKER}` program on PATH. {advice}")
+    try:
+        info = subprocess.run(
+            [DOCKER, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as error:
+        raise DockerUnavailableError(f"`{DOCKER} info` did not answer within 60 s. {advice}") from error
+    if info.returncode != 0:
+        reason = (info.stderr or info.stdout).strip().splitlines()
+        detail = reason[-1] if reason else f"exit status {info.returncode}"
+        raise DockerUnavailableError(f"`{DOCKER} info` cannot reach the Docker daemon ({detail}). {advice}")
+
+
+def image_exists(tag: str) -> bool:
+    """Whether the local Docker engine has an image ``tag`` (``docker image inspect``)."""
+    try:
+        inspect = subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return inspect.returncode == 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as temp:
+            temp.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def execute(plan: DockerPlan, dry_run: bool = False, rebuild: bool = False, out: TextIO | None = None) -> None:
+    """Build the image when missing (or ``rebuild``), then run the container.
+
+    ``dry_run``: write the Dockerfile next to the results and print both commands, running nothing.
+    Raises :class:`DockerUnavailableError` without a Docker engine, :class:`ContainerError` when the
+    build or the run fails.
+    """
+    out = out or sys.stdout
+    if dry_run:
+        plan.results_dir.mkdir(parents=True, exist_ok=True)
+        written = plan.results_dir / plan.dockerfile.name
+        _write_atomic(written, plan.dockerfile.read_text())
+        print(f"# --docker_dryrun: nothing was run; {written} is the image's Dockerfile.", file=out)
+        print(f"# Build the image (skipped when `docker image inspect {plan.image}` finds it):", file=out)
+        print(shlex.join(plan.build_cmd), file=out)
+        print("# Run the benchmark in it:", file=out)
+        print(shlex.join(plan.run_cmd), file=out)
+        return
+
+    require_docker_engine()
+    # Made here, not by docker, which would create missing mount sources owned by root.
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    plan.mlc_cache_dir.mkdir(parents=True, exist_ok=True)
+    if rebuild or not image_exists(plan.image):
+        print(f"# Building {plan.image}: {shlex.join(plan.build_cmd)}", file=out, flush=True)
+        build = subprocess.run(plan.build_cmd, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        if build.returncode != 0:
+            raise ContainerError(f"docker build of {plan.dockerfile} failed (exit status {build.returncode})")
+    print(f"# Running in {plan.image}: {shlex.join(plan.run_cmd)}", file=out, flush=True)
+    run = subprocess.run(plan.run_cmd)
+    if run.returncode != 0:
+        raise ContainerError(f"the run in container {plan.image} failed (exit status {run.returncode})")
+
+
+def default_mlc_cache_dir(device: str) -> Path:
+    """The host folder kept for the containers' MLC cache: ``$XDG_CACHE_HOME/abtf-ssd/mlc-cache/<device>``."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / IMAGE_NAME / "mlc-cache" / device
+
+
+def run_from_mlc(
+    mlcr_argv: Sequence[str],
+    *,
+    device: str,
+    results_dir: str | os.PathLike[str],
+    mlc_cache_dir: str | os.PathLike[str] | None = None,
+    dataset_path: str | os.PathLike[str] | None = None,
+    model_path: str | os.PathLike[str] | None = None,
+    dataset_from_host: bool = False,
+    model_from_host: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> dict:
+    """``--docker`` for an MLC script: plan, build if needed, run; an MLC result dict, never an exception.
+
+    ``mlcr_argv`` is ``sys.argv`` of the mlcr process; its ``--docker_dryrun``, ``--docker_rebuild``
+    and ``--docker_image=<tag>`` flags are read here. Returns ``{"return": 0, "image": ..., "run_cmd":
+    ...}`` or ``{"return": 1, "error": ...}``.
+    """
+    try:
+        options = docker_options(mlcr_argv)
+        plan = plan_docker_run(
+            mlcr_argv,
+            device,
+            results_dir,
+            mlc_cache_dir if mlc_cache_dir is not None else default_mlc_cache_dir(device),
+            dataset_path=dataset_path,
+            model_path=model_path,
+            dataset_from_host=dataset_from_host,
+            model_from_host=model_from_host,
+            image=options.image,
+            env=env,
+        )
+        execute(plan, dry_run=options.dry_run, rebuild=options.rebuild)
+    except (ContainerError, ValueError, OSError) as error:
+        return {"return": 1, "error": str(error)}
+    return {"return": 0, "image": plan.image, "run_cmd": shlex.join(plan.run_cmd)}

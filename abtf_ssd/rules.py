@@ -1,0 +1,291 @@
+"""LoadGen rules of each MLPerf Automotive round, and the ``TestSettings`` that enforce them.
+
+Every rule is written into a ``mlperf_loadgen.TestSettings`` field, so the effective values
+in ``mlperf_log_detail.txt`` are the round's whichever LoadGen is installed: the PyPI wheel
+(inference LoadGen, whose built-in ``mlperf.conf`` carries other seeds and no ``ssd``) or
+the automotive LoadGen built from the round's tag.
+
+A ``user.conf`` is applied on top with ``FromConfig(..., conf_type=2)``: that parses only
+the file (LoadGen's ``conf_type=1`` would also load its built-in ``mlperf.conf`` once per
+process and override the round's values, and the automotive LoadGen logs an error whenever
+``conf_type=1`` is used twice in a process). As in LoadGen, seeds cannot be set by a user.conf.
+
+Execution modes: ``"valid"`` applies the full rules; ``"test"`` keeps everything but caps
+the run at ``test_query_count`` queries with no minimum duration (the harness also caps the
+QSL at that many samples, so an accuracy run is short too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlperf_loadgen as lg
+
+MODEL_NAME = "ssd"
+"""The benchmark's model name in LoadGen config keys (``ssd.SingleStream.target_latency``)."""
+
+SCENARIOS = ("SingleStream", "MultiStream", "Offline", "ConstantStream")
+MODES = ("performance", "accuracy", "find-performance")
+EXECUTION_MODES = ("test", "valid")
+DEFAULT_TEST_QUERY_COUNT = 10
+TEST_MIN_DURATION_MS = 0
+"""A test run stops after its query count, however short it was."""
+
+AUTOMOTIVE_LOADGEN_HINT = (
+    "install the automotive LoadGen: mlcr get,mlperf,automotive,loadgen,_v0.5 "
+    "(or pip install from loadgen/ of the mlperf_automotive repository at the round's tag)"
+)
+
+
+@dataclass(frozen=True)
+class LatencyRules:
+    """Per-scenario latency rules. ``target_latency_percentile`` is a fraction (0.999)."""
+
+    target_latency_percentile: float
+    min_duration_ms: int
+    min_query_count: int
+
+
+@dataclass(frozen=True)
+class ConstantStreamRules(LatencyRules):
+    """ConstantStream (automotive LoadGen only): queries arrive at a constant rate."""
+
+    target_qps: float
+    target_latency_ms: float
+    constant_gen: bool
+
+
+@dataclass(frozen=True)
+class AuditRules:
+    """Values of a compliance test's ``audit.config``."""
+
+    mode: int
+    accuracy_log_rng_seed: int
+    accuracy_log_sampling_target: int
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    """Everything LoadGen must be told for a result of one round to be valid."""
+
+    name: str
+    qsl_rng_seed: int
+    sample_index_rng_seed: int
+    schedule_rng_seed: int
+    performance_sample_count: int
+    single_stream: LatencyRules
+    constant_stream: ConstantStreamRules
+    audits: dict[str, AuditRules]
+
+
+_SINGLE_STREAM = LatencyRules(target_latency_percentile=0.999, min_duration_ms=600_000, min_query_count=6636)
+# target_latency_ms: the automotive LoadGen's mlperf.conf value (*.ConstantStream.target_latency = 10).
+_CONSTANT_STREAM = ConstantStreamRules(
+    target_latency_percentile=0.999,
+    min_duration_ms=600_000,
+    min_query_count=100_000,
+    target_qps=15.0,
+    target_latency_ms=10.0,
+    constant_gen=True,
+)
+_AUDITS = {
+    "TEST01": AuditRules(mode=2, accuracy_log_rng_seed=720381539243781796, accuracy_log_sampling_target=128)
+}
+
+ROUNDS: dict[str, RoundRules] = {
+    "v0.5": RoundRules(
+        name="v0.5",
+        qsl_rng_seed=1575625098,
+        sample_index_rng_seed=2227286192,
+        schedule_rng_seed=3495234579,
+        performance_sample_count=128,
+        single_stream=_SINGLE_STREAM,
+        constant_stream=_CONSTANT_STREAM,
+        audits=_AUDITS,
+    ),
+    "v1.0": RoundRules(
+        name="v1.0",
+        qsl_rng_seed=1215947953,
+        sample_index_rng_seed=295229089,
+        schedule_rng_seed=1380859451,
+        performance_sample_count=128,
+        single_stream=_SINGLE_STREAM,
+        constant_stream=_CONSTANT_STREAM,
+        audits=_AUDITS,
+    ),
+}
+DEFAULT_ROUND = "v0.5"
+
+
+class RulesError(ValueError):
+    """An unknown round, scenario or mode, an unreadable user.conf, or a LoadGen that lacks a scenario."""
+
+
+def get_round(name: str) -> RoundRules:
+    try:
+        return ROUNDS[name]
+    except KeyError:
+        raise RulesError(f"unknown round {name!r}; known: {', '.join(ROUNDS)}") from None
+
+
+def has_constant_stream() -> bool:
+    """Whether the installed LoadGen is the automotive one (it alone has ConstantStream)."""
+    return hasattr(lg.TestScenario, "ConstantStream")
+
+
+def loadgen_scenario(scenario: str) -> lg.TestScenario:
+    if scenario not in SCENARIOS:
+        raise RulesError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if scenario == "ConstantStream" and not has_constant_stream():
+        raise RulesError(
+            "scenario ConstantStream needs the automotive LoadGen; the installed mlperf_loadgen "
+            f"(PyPI mlcommons-loadgen, the inference LoadGen) lacks it: {AUTOMOTIVE_LOADGEN_HINT}"
+        )
+    return getattr(lg.TestScenario, scenario)
+
+
+def _loadgen_mode(mode: str) -> lg.TestMode:
+    if mode not in MODES:
+        raise RulesError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    # find-performance is a short performance run; LoadGen's FindPeakPerformance is for Server only.
+    return lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
+
+
+def make_test_settings(
+    round: str,
+    scenario: str,
+    mode: str,
+    execution_mode: str = "valid",
+    test_query_count: int = DEFAULT_TEST_QUERY_COUNT,
+    expected_latency_ns: int | None = None,
+    user_conf: str | Path | None = None,
+    performance_sample_count: int | None = None,
+    samples_per_query: int = 1,
+) -> lg.TestSettings:
+    """LoadGen settings for one run, every rule of ``round`` set through a field.
+
+    ``expected_latency_ns``: end-to-end latency of one query (SingleStream / MultiStream) or
+    of one sample (Offline, turned into the expected QPS). ``performance_sample_count``
+    defaults to the round's; the harness lowers it to the QSL size when the QSL is smaller.
+    ``samples_per_query`` is MultiStream's query size. ``user_conf`` (LoadGen's key = value
+    format, model ``ssd``) is applied last and wins over everything but the seeds.
+    """
+    rules = get_round(round)
+    if execution_mode not in EXECUTION_MODES:
+        raise RulesError(f"unknown execution mode {execution_mode!r}; known: {', '.join(EXECUTION_MODES)}")
+    if test_query_count < 1:
+        raise RulesError(f"test_query_count must be at least 1, got {test_query_count}")
+    settings = lg.TestSettings()
+    settings.scenario = loadgen_scenario(scenario)
+    settings.mode = _loadgen_mode(mode)
+
+    settings.qsl_rng_seed = rules.qsl_rng_seed
+    settings.sample_index_rng_seed = rules.sample_index_rng_seed
+    settings.schedule_rng_seed = rules.schedule_rng_seed
+    settings.performance_sample_count_override = performance_sample_count or rules.performance_sample_count
+
+    latency = rules.constant_stream if scenario == "ConstantStream" else rules.single_stream
+    settings.min_duration_ms = latency.min_duration_ms
+    settings.min_query_count = latency.min_query_count
+    settings.max_query_count = 0
+    settings.max_duration_ms = 0
+
+    if scenario == "SingleStream":
+        settings.single_stream_target_latency_percentile = latency.target_latency_percentile
+        if expected_latency_ns:
+            settings.single_stream_expected_latency_ns = int(expected_latency_ns)
+    elif scenario == "MultiStream":
+        settings.multi_stream_target_latency_percentile = latency.target_latency_percentile
+        settings.multi_stream_samples_per_query = samples_per_query
+        if expected_latency_ns:
+            settings.multi_stream_expected_latency_ns = int(expected_latency_ns)
+    elif scenario == "Offline":
+        if expected_latency_ns:
+            settings.offline_expected_qps = 1e9 / expected_latency_ns
+    else:
+        constant = rules.constant_stream
+        settings.server_target_latency_percentile = constant.target_latency_percentile
+        settings.server_target_qps = constant.target_qps
+        settings.server_target_latency_ns = int(constant.target_latency_ms * 1e6)
+        settings.server_constant_gen = constant.constant_gen
+
+    if execution_mode == "test" or mode == "find-performance":
+        settings.min_query_count = test_query_count
+        settings.max_query_count = test_query_count
+        settings.min_duration_ms = TEST_MIN_DURATION_MS
+
+    if user_conf is not None:
+        apply_user_conf(settings, user_conf, scenario)
+    return settings
+
+
+def apply_user_conf(settings: lg.TestSettings, user_conf: str | Path, scenario: str) -> None:
+    """Apply the keys of ``user_conf`` (and only those) on top of ``settings``."""
+    path = Path(user_conf)
+    if not path.is_file():
+        raise RulesError(f"user.conf {path}: no such file")
+    status = settings.FromConfig(str(path), MODEL_NAME, scenario, 2)
+    if status != 0:
+        reason = "unreadable" if status == -2 else "not LoadGen's 'model.scenario.key = number' format"
+        raise RulesError(f"user.conf {path}: {reason} (LoadGen FromConfig returned {status})")
+
+
+def user_conf_text(settings: lg.TestSettings, scenario: str, round: str) -> str:
+    """The effective settings of a run written as a user.conf (LoadGen's units: ms, percent).
+
+    Seeds are comments: LoadGen reads them only from its own mlperf.conf, never a user.conf.
+    """
+    prefix = f"{MODEL_NAME}.{scenario}"
+    lines = [
+        f"# Effective LoadGen settings of this run (round {round}).",
+        f"# qsl_rng_seed = {settings.qsl_rng_seed}",
+        f"# sample_index_rng_seed = {settings.sample_index_rng_seed}",
+        f"# schedule_rng_seed = {settings.schedule_rng_seed}",
+    ]
+    values: dict[str, str] = {}
+    if scenario == "SingleStream":
+        values["target_latency"] = _ms(settings.single_stream_expected_latency_ns)
+        values["target_latency_percentile"] = _percent(settings.single_stream_target_latency_percentile)
+    elif scenario == "MultiStream":
+        values["target_latency"] = _ms(settings.multi_stream_expected_latency_ns)
+        values["target_latency_percentile"] = _percent(settings.multi_stream_target_latency_percentile)
+        values["samples_per_query"] = str(settings.multi_stream_samples_per_query)
+    elif scenario == "Offline":
+        values["target_qps"] = f"{settings.offline_expected_qps:.6g}"
+    else:
+        values["target_qps"] = f"{settings.server_target_qps:.6g}"
+        values["target_latency"] = _ms(settings.server_target_latency_ns)
+        values["target_latency_percentile"] = _percent(settings.server_target_latency_percentile)
+        values["constant_gen"] = str(int(settings.server_constant_gen))
+    values["min_duration"] = str(settings.min_duration_ms)
+    values["max_duration"] = str(settings.max_duration_ms)
+    values["min_query_count"] = str(settings.min_query_count)
+    values["max_query_count"] = str(settings.max_query_count)
+    values["performance_sample_count_override"] = str(settings.performance_sample_count_override)
+    lines += [f"{prefix}.{key} = {value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(nanoseconds: float) -> str:
+    return f"{nanoseconds / 1e6:.6f}".rstrip("0").rstrip(".")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.6f}".rstrip("0").rstrip(".")
+
+
+def audit_config_text(round: str, test: str = "TEST01") -> str:
+    """The ``audit.config`` of compliance test ``test`` for the ssd model."""
+    rules = get_round(round)
+    try:
+        audit = rules.audits[test]
+    except KeyError:
+        known = ", ".join(rules.audits)
+        raise RulesError(f"round {round}: no audit values for {test!r}; known: {known}") from None
+    return (
+        f"# {test} audit config for {MODEL_NAME} ({round})\n"
+        f"*.*.mode = {audit.mode}\n"
+        f"*.*.accuracy_log_rng_seed = {audit.accuracy_log_rng_seed}\n"
+        f"*.*.accuracy_log_sampling_target = {audit.accuracy_log_sampling_target}\n"
+    )

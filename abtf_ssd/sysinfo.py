@@ -1,0 +1,233 @@
+"""Description of the system under test (SUT): what an MLPerf result says it ran on.
+
+:func:`collect` reads the operating system, processor, memory, storage, accelerators and the
+versions of the software in the measurement path, using field names of the submission's
+``systems/<system>.json`` where one fits; :func:`write_sut_info` saves it as ``mlc-sut-info.json``.
+Everything is read from ``/proc``, ``/sys``, ``platform`` and the installed packages; a value that
+cannot be found is ``""`` rather than a guess. :func:`device_problem` says, before any download,
+why a framework cannot run on a device here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SUT_INFO_NAME = "mlc-sut-info.json"
+
+FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
+"""--framework value -> the distribution whose version is the framework's."""
+FRAMEWORKS = tuple(FRAMEWORK_PACKAGES)
+DEVICES = ("cpu", "cuda")
+MODEL_SUFFIXES = {"onnxruntime": (".onnx",), "pytorch": (".pth", ".pt")}
+"""--framework value -> the model file suffixes it loads."""
+
+SOFTWARE_PACKAGES = ("mlcommons-loadgen", "numpy", "onnx", "torchmetrics", "faster-coco-eval", "mlcflow")
+"""Other packages whose versions belong in ``other_software_stack``."""
+
+_NVIDIA_SMI_TIMEOUT_S = 20
+
+
+def package_version(distribution: str) -> str:
+    """Installed version of a distribution, or "" when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def operating_system() -> str:
+    """``PRETTY_NAME`` of /etc/os-release plus the kernel, e.g. "Ubuntu 24.04 LTS (Linux 6.8.0)"."""
+    pretty = ""
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            pretty = line.split("=", 1)[1].strip().strip('"')
+    kernel = f"{platform.system()} {platform.release()}".strip()
+    return f"{pretty} ({kernel})" if pretty else kernel
+
+
+def _cpuinfo_blocks() -> list[dict[str, str]]:
+    blocks = []
+    for block in _read("/proc/cpuinfo").split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            if ":" in line:
+                key, value = line.split(":", 1)
+                fields[key.strip()] = value.strip()
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def processor() -> dict[str, Any]:
+    """Model name, sockets, physical cores, logical CPUs, maximum frequency and caches."""
+    blocks = _cpuinfo_blocks()
+    model = next((b["model name"] for b in blocks if "model name" in b), "") or platform.processor()
+    sockets = {b.get("physical id", "0") for b in blocks} or {"0"}
+    cores = {(b.get("physical id", "0"), b["core id"]) for b in blocks if "core id" in b}
+    logical = os.cpu_count() or len(blocks)
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+    if max_khz.isdigit():
+        frequency = f"{int(max_khz) / 1e6:.2f} GHz"
+    else:
+        mhz = next((b["cpu MHz"] for b in blocks if "cpu MHz" in b), "")
+        frequency = f"{float(mhz) / 1e3:.2f} GHz" if mhz else ""
+    return {
+        "host_processor_model_name": model,
+        "host_processors_per_node": len(sockets),
+        "host_processor_core_count": len(cores) or logical,
+        "host_logical_cpus": logical,
+        "host_processor_frequency": frequency,
+        "host_processor_caches": processor_caches(),
+        "host_processor_architecture": platform.machine(),
+    }
+
+
+def processor_caches() -> str:
+    """Caches of CPU 0 as "L1d 48K, L1i 32K, L2 2048K, L3 ..." from sysfs (empty if not exposed)."""
+    caches = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level = _read(str(index / "level")).strip()
+        kind = _read(str(index / "type")).strip()
+        size = _read(str(index / "size")).strip()
+        if level and size:
+            suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+            caches.append(f"L{level}{suffix} {size}")
+    return ", ".join(caches)
+
+
+def memory_gb() -> float:
+    """Total RAM in GB (10^9 bytes) from /proc/meminfo, 0.0 if unknown."""
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) * 1024 / 1e9, 1)
+    return 0.0
+
+
+def storage_gb(path: str | os.PathLike[str] = ".") -> float:
+    """Capacity in GB of the file system holding ``path``."""
+    try:
+        return round(shutil.disk_usage(path).total / 1e9, 1)
+    except OSError:
+        return 0.0
+
+
+def nvidia_gpus() -> list[dict[str, str]]:
+    """Name and memory of each NVIDIA GPU that ``nvidia-smi`` lists; [] without a driver."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=_NVIDIA_SMI_TIMEOUT_S,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.splitlines():
+        if "," in line:
+            name, memory = (part.strip() for part in line.split(",", 1))
+            gpus.append({"name": name, "memory": memory})
+    return gpus
+
+
+def device_problem(framework: str, device: str) -> str | None:
+    """Why ``framework`` cannot run on ``device`` here, or None when it can.
+
+    Only the framework's own view counts: an ONNX Runtime without the CUDA execution provider
+    cannot use a GPU even where ``nvidia-smi`` sees one.
+    """
+    if framework not in FRAMEWORKS:
+        return f"unknown framework {framework!r}; supported: {', '.join(FRAMEWORKS)}"
+    if device not in DEVICES:
+        return f"unknown device {device!r}; supported: {', '.join(DEVICES)}"
+    if not package_version(FRAMEWORK_PACKAGES[framework]):
+        return f"{framework} is not installed (pip install {FRAMEWORK_PACKAGES[framework]})"
+    if device == "cpu":
+        return None
+    if framework == "onnxruntime":
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            return (
+                "--device=cuda: this onnxruntime has no CUDAExecutionProvider (available: "
+                f"{', '.join(providers)}); install onnxruntime-gpu on a machine with an NVIDIA GPU"
+            )
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"--device=cuda: torch {torch.__version__} sees no CUDA device"
+    return None
+
+
+def run_problem(framework: str, device: str, model_path: str | None = None) -> str | None:
+    """Why a run of ``framework`` on ``device`` (with the model file ``model_path``) cannot work here.
+
+    Checked before anything is downloaded: the device (:func:`device_problem`) and whether the
+    model file is in the framework's format.
+    """
+    problem = device_problem(framework, device)
+    if problem is None and model_path and not str(model_path).endswith(MODEL_SUFFIXES[framework]):
+        suffixes = " or ".join(MODEL_SUFFIXES[framework])
+        problem = f"--framework={framework} loads {suffixes} models, not {model_path}"
+    return problem
+
+
+def collect(framework: str | None = None, device: str = "cpu", storage_path: str = ".") -> dict[str, Any]:
+    """The system description as a flat JSON-ready dict."""
+    gpus = nvidia_gpus() if device == "cuda" or shutil.which("nvidia-smi") else []
+    framework_version = package_version(FRAMEWORK_PACKAGES.get(framework or "", "")) if framework else ""
+    software = {name: package_version(name) for name in SOFTWARE_PACKAGES}
+    return {
+        "system_name": platform.node(),
+        "number_of_nodes": 1,
+        "operating_system": operating_system(),
+        **processor(),
+        "host_memory_capacity": f"{memory_gb()} GB",
+        "host_storage_capacity": f"{storage_gb(storage_path)} GB",
+        "accelerators_per_node": len(gpus) if device == "cuda" else 0,
+        "accelerator_model_name": gpus[0]["name"] if gpus and device == "cuda" else "",
+        "accelerator_memory_capacity": gpus[0]["memory"] if gpus and device == "cuda" else "",
+        "accelerators_present": [gpu["name"] for gpu in gpus],
+        "framework": f"{framework} {framework_version}".strip() if framework else "",
+        "device": device,
+        "python": platform.python_version(),
+        "other_software_stack": ", ".join(f"{k} {v}" for k, v in software.items() if v),
+    }
+
+
+def write_sut_info(path: str | os.PathLike[str], framework: str | None = None, device: str = "cpu") -> Path:
+    """Collect the description and write it as JSON to ``path`` atomically; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = collect(framework, device, storage_path=str(path.parent))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

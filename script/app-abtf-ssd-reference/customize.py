@@ -1,0 +1,109 @@
+"""MLC glue for app-abtf-ssd-reference: env -> one ``abtf-ssd run`` (abtf_ssd.harness) in its own process."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+# RunOptions field -> (env key, converter). Only keys present in env are passed: the harness's
+# defaults apply to the rest.
+_OPTIONS = {
+    "model_path": ("MLC_ABTF_ML_MODEL_PATH", str),
+    "framework": ("MLC_ABTF_RUN_FRAMEWORK", str),
+    "device": ("MLC_ABTF_RUN_DEVICE", str),
+    "scenario": ("MLC_ABTF_RUN_SCENARIO", str),
+    "mode": ("MLC_ABTF_RUN_MODE", str),
+    "round": ("MLC_ABTF_RUN_ROUND", str),
+    "execution_mode": ("MLC_ABTF_RUN_EXECUTION_MODE", str),
+    "test_query_count": ("MLC_ABTF_RUN_TEST_QUERY_COUNT", int),
+    "performance_sample_count": ("MLC_ABTF_RUN_PERFORMANCE_SAMPLE_COUNT", int),
+    "batch_size": ("MLC_ABTF_RUN_BATCH_SIZE", int),
+    "threads": ("MLC_ABTF_RUN_THREADS", int),
+    "results_dir": ("MLC_ABTF_RUN_RESULTS_DIR", str),
+    "system_name": ("MLC_ABTF_RUN_SYSTEM_NAME", str),
+    "user_conf": ("MLC_ABTF_RUN_USER_CONF", str),
+    "audit_config": ("MLC_ABTF_RUN_AUDIT_CONFIG", str),
+    "dataset_prefix": ("MLC_ABTF_DATASET_PREFIX", str),
+}
+# --framework -> the model format variation of get-ml-model-ssd-resnet50.
+_MODEL_FORMATS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
+
+
+def predeps(i):
+    """Refuse an impossible run before the model and dataset are fetched."""
+    env = i["env"]
+    from abtf_ssd.sysinfo import run_problem
+
+    problem = run_problem(
+        env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH")
+    )
+    if problem:
+        return {"return": 1, "error": f"app-abtf-ssd-reference: {problem}"}
+    env["MLC_ABTF_RUN_MODEL_FORMAT"] = _MODEL_FORMATS[env["MLC_ABTF_RUN_FRAMEWORK"]]
+    return {"return": 0}
+
+
+def preprocess(i):
+    env = i["env"]
+    try:
+        from abtf_ssd.cli import run_arguments
+        from abtf_ssd.harness import RunOptions, output_dir, scenario_dir
+
+        options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
+        options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
+    except ImportError as e:
+        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e ."}
+    except (ValueError, OSError) as e:
+        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}"}
+    # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
+    command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
+    if subprocess.run(command, check=False).returncode != 0:
+        return {"return": 1, "error": f"app-abtf-ssd-reference: the {options.mode} run failed (see above)"}
+    kind = ("TEST01_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
+    env[f"MLC_ABTF_APP_{kind}_DIR"] = str(output_dir(options))
+    env["MLC_ABTF_APP_SCENARIO_DIR"] = str(scenario_dir(options))
+    env["MLC_ABTF_APP_RESULTS_DIR"] = str(options.results_dir)
+    env["MLC_ABTF_APP_SYSTEM_NAME"] = options.system_name
+    env["MLC_ABTF_APP_CONFIG"] = options.config_name
+    return {"return": 0}
+
+
+def _given_options(env):
+    options = {}
+    for name, (key, convert) in _OPTIONS.items():
+        value = str(env.get(key, "")).strip()
+        if value:
+            try:
+                options[name] = convert(value)
+            except ValueError:
+                raise ValueError(f"{key}={value!r} is not a valid {name}") from None
+    latency_ms = str(env.get("MLC_ABTF_RUN_TARGET_LATENCY", "")).strip()
+    if latency_ms:
+        try:
+            options["expected_latency_ns"] = round(float(latency_ms) * 1e6)
+        except ValueError:
+            raise ValueError(f"--target_latency={latency_ms!r} is not a number of milliseconds") from None
+    return options
+
+
+def _dataset(env):
+    path = env.get("MLC_ABTF_DATASET_PATH", "")
+    if not path:
+        raise ValueError("no preprocessed dataset: give --dataset_path=<folder> or a source variation")
+    return path
+
+
+def _config(env):
+    """The model config: --config, else the model's, else the one the dataset was preprocessed for."""
+    from abtf_ssd.preprocess import read_manifest
+
+    manifest = read_manifest(env["MLC_ABTF_DATASET_PATH"]) or {}
+    config = env.get("MLC_ABTF_RUN_CONFIG") or env.get("MLC_ABTF_ML_MODEL_CONFIG") or manifest.get("config")
+    if not config:
+        raise ValueError("unknown model config: give --config=<name>")
+    if manifest.get("config") and manifest["config"] != config:
+        raise ValueError(
+            f"the dataset {env['MLC_ABTF_DATASET_PATH']} was preprocessed for config {manifest['config']!r} "
+            f"but the model is {config!r}"
+        )
+    return config

@@ -1,0 +1,63 @@
+"""MLC glue for get-ml-model-ssd-resnet50: env -> abtf_ssd.cli.export_model or the MLCommons download."""
+
+import os
+
+# --format -> file extension of the model written.
+_EXTENSIONS = {"onnx": ".onnx", "pytorch": ".pth"}
+
+
+def preprocess(i):
+    env = i["env"]
+    source = env["MLC_ABTF_ML_MODEL_SOURCE"]
+    model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
+    try:
+        if source == "mlc":
+            return _not_yet_downloadable()
+        if source == "local":
+            path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
+        else:
+            from abtf_ssd.cli import DEMO_WEIGHTS, export_model
+
+            # The demo model is the committed checkpoint; until it exists, seeded random demo weights.
+            checkpoint = DEMO_WEIGHTS if source == "synthetic" and DEMO_WEIGHTS.is_file() else None
+            env["MLC_ABTF_ML_MODEL_WEIGHTS"] = str(checkpoint) if checkpoint else "random"
+            path = export_model(
+                env["MLC_ABTF_ML_MODEL_CONFIG"],
+                os.path.join(os.getcwd(), f"ssd_resnet50_{source}{_EXTENSIONS[model_format]}"),
+                checkpoint=checkpoint,
+                seed=_int(env["MLC_ABTF_ML_MODEL_SEED"], "--seed"),
+                model_format=model_format,
+            )
+    except ImportError as e:
+        return {
+            "return": 1,
+            "error": f"get-ml-model-ssd-resnet50: {e}; install the package: pip install -e .",
+        }
+    except (ValueError, OSError, RuntimeError) as e:
+        return {"return": 1, "error": f"get-ml-model-ssd-resnet50: {e}"}
+    env["MLC_ABTF_ML_MODEL_PATH"] = str(path)
+    return {"return": 0}
+
+
+def _local_model(path, model_format):
+    if not os.path.isfile(path):
+        raise ValueError(f"_local.<path>: no model file at {path!r}")
+    if not path.endswith(_EXTENSIONS[model_format]):
+        raise ValueError(f"_local.<path>: {path} is not a {model_format} model ({_EXTENSIONS[model_format]})")
+    return os.path.abspath(path)
+
+
+def _int(value, flag):
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{flag} must be an integer, got {value!r}") from None
+
+
+def _not_yet_downloadable():
+    return {
+        "return": 1,
+        "error": "get-ml-model-ssd-resnet50,_mlc: downloading the MLCommons checkpoint is not implemented yet "
+        "(it needs MLCommons membership and the abtf_ssd.download module). Use _synthetic (demo model), "
+        "_random (benchmark geometry, random weights) or _local.<path to .onnx/.pth>.",
+    }

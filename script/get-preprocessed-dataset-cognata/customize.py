@@ -1,0 +1,67 @@
+"""MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.preprocess.build_preprocessed."""
+
+import os
+
+# Split name -> (file name prefix of the pickles, env key of the raw dataset's split CSV).
+_SPLITS = {
+    "validation": ("val", "MLC_ABTF_RAW_DATASET_VAL_CSV"),
+    "calibration": ("calib", "MLC_ABTF_RAW_DATASET_CALIBRATION_CSV"),
+}
+
+
+def preprocess(i):
+    env = i["env"]
+    out_dir = os.getcwd()  # the cache entry, or --outdirname (mlcflow has changed into it)
+    split = env["MLC_ABTF_DATASET_SPLIT"]
+    prefix, raw_csv_key = _SPLITS[split]
+    source = env["MLC_ABTF_DATASET_SOURCE"]
+    try:
+        if source == "mlc":
+            return _not_yet_downloadable()
+        from abtf_ssd import cognata, preprocess
+
+        if source == "local":
+            raw_root = env.get("MLC_ABTF_DATASET_RAW_PATH", "")
+            if not raw_root:
+                raise ValueError("_local needs --raw_path=<raw Cognata folder>")
+            split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or cognata.official_split(split)
+        else:
+            raw_root = env["MLC_ABTF_RAW_DATASET_PATH"]
+            split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[raw_csv_key]
+        count = env.get("MLC_ABTF_DATASET_COUNT", "")
+        preprocess.build_preprocessed(
+            raw_root,
+            split_csv,
+            out_dir,
+            prefix,
+            env["MLC_ABTF_DATASET_CONFIG"],
+            workers=_int(env["MLC_ABTF_WORKERS"], "--workers") if env.get("MLC_ABTF_WORKERS") else None,
+            count=_int(count, "--count") if count else None,
+            progress=False,
+        )
+    except ImportError as e:
+        return {
+            "return": 1,
+            "error": f"get-preprocessed-dataset-cognata: {e}; install the package: pip install -e .",
+        }
+    except (ValueError, OSError, RuntimeError) as e:
+        return {"return": 1, "error": f"get-preprocessed-dataset-cognata: {e}"}
+    env["MLC_ABTF_DATASET_PATH"] = out_dir
+    env["MLC_ABTF_DATASET_PREFIX"] = prefix
+    return {"return": 0}
+
+
+def _int(value, flag):
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{flag} must be an integer, got {value!r}") from None
+
+
+def _not_yet_downloadable():
+    return {
+        "return": 1,
+        "error": "get-preprocessed-dataset-cognata,_mlc: downloading the MLCommons preprocessed set is not "
+        "implemented yet (it needs MLCommons membership and the abtf_ssd.download module). Use _synthetic, "
+        "or preprocess raw frames you have with _local --raw_path=<folder>.",
+    }

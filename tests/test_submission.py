@@ -1,0 +1,500 @@
+"""The submission generator, fed by real LoadGen test-mode runs of a tiny SUT.
+
+The results folder is built the way the harness lays it out: a performance run, an accuracy
+run (with its accuracy.txt computed by abtf_ssd.accuracy on a small preprocessed dataset) and
+a TEST01 run under the real TEST01 audit.config, all by the installed LoadGen. The SUT answers
+every sample with the same detections after a fixed sleep, so runs are deterministic in their
+responses and stable in their mean latency.
+
+The installed LoadGen is the PyPI inference wheel. For the closed division, whose results need
+the automotive LoadGen (not buildable here, no network), :func:`mark_automotive_loadgen` adds to
+the detail logs the two settings the automotive LoadGen logs and the inference one does not.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import json
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlperf_loadgen as lg
+import numpy as np
+import pytest
+
+from abtf_ssd import checker, rules, submission, sysinfo
+from abtf_ssd.accuracy import accuracy_main
+from abtf_ssd.preprocess import sample_name, write_sample
+
+SYSTEM = "tiny-cpu"
+SUBMITTER = "ABTF_Demo"
+SCENARIO = "SingleStream"
+SAMPLES = 16
+QUERIES = 48
+LATENCY_S = 0.004
+GROUND_TRUTH = np.array([[10, 20, 90, 120, 4, 0, 0]], dtype=np.float32)
+"""Every sample's one object: a car (label 4)."""
+
+
+def _detections() -> np.ndarray:
+    """(20, 6) rows ``[x1, y1, x2, y2, label, score]``: the object first, then 19 weaker misses.
+
+    480 bytes a response, so 16 accuracy responses make a log over 10 KiB (truncated).
+    """
+    rows = [[10, 20, 90, 120, 4, 0.9]]
+    rows += [[200 + 5 * k, 100, 240 + 5 * k, 150, 4, 0.5 - 0.02 * k] for k in range(19)]
+    return np.array(rows, dtype=np.float32)
+
+
+DETECTIONS = _detections()
+
+
+@dataclass(frozen=True)
+class HarnessResults:
+    results_dir: Path
+    dataset_dir: Path
+
+    @property
+    def scenario_dir(self) -> Path:
+        return self.results_dir / SYSTEM / rules.MODEL_NAME / SCENARIO
+
+
+def write_dataset(folder: Path, count: int = SAMPLES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        image = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+        write_sample(folder / sample_name("val", index), image, GROUND_TRUTH.copy())
+    return folder
+
+
+def run_loadgen(out_dir: Path, mode: str, audit_config: Path | None = None, detections=DETECTIONS) -> Path:
+    """One LoadGen test-mode run (round v0.5 settings from abtf_ssd.rules) of the sleeping SUT."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = rules.make_test_settings(
+        "v0.5",
+        SCENARIO,
+        mode,
+        execution_mode="test",
+        test_query_count=QUERIES,
+        expected_latency_ns=int(LATENCY_S * 1e9),
+        performance_sample_count=SAMPLES,
+    )
+    response = array.array("B", detections.tobytes())
+
+    def issue(samples):
+        time.sleep(LATENCY_S)
+        address, length = response.buffer_info()
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, address, length) for s in samples])
+
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(SAMPLES, SAMPLES, lambda indices: None, lambda indices: None)
+    output = lg.LogOutputSettings()
+    output.outdir = str(out_dir)
+    output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = output
+    log_settings.enable_trace = False
+    # A missing file keeps any audit.config of the working directory out of ordinary runs.
+    audit = audit_config if audit_config is not None else out_dir / "no-audit.config"
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, str(audit))
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    (out_dir / submission.USER_CONF).write_text(rules.user_conf_text(settings, SCENARIO, "v0.5"))
+    return out_dir
+
+
+def build_results(root: Path) -> HarnessResults:
+    """A harness-style results folder for SYSTEM/ssd/SingleStream from real LoadGen runs."""
+    dataset = write_dataset(root / "dataset")
+    results = root / "results"
+    scenario_dir = results / SYSTEM / rules.MODEL_NAME / SCENARIO
+    run_info = {
+        "framework": "onnxruntime",
+        "device": "cpu",
+        "model_path": "/models/ssd_resnet50.onnx",
+        "config_name": "demo",
+        "dataset_dir": str(dataset),
+    }
+    perf = run_loadgen(scenario_dir / "performance" / "run_1", "performance")
+    acc = run_loadgen(scenario_dir / "accuracy", "accuracy")
+    audit = root / "audit.config"
+    audit.write_text(rules.audit_config_text("v0.5", "TEST01"))
+    run_loadgen(scenario_dir / "TEST01" / "performance" / "run_1", "performance", audit_config=audit)
+    for folder in (perf, acc):
+        (folder / "results.json").write_text(json.dumps(run_info))
+        (folder / submission.COMMAND_TXT).write_text("abtf-ssd run --scenario SingleStream --test\n")
+    accuracy_main(result_dir=acc, dataset_path=dataset)
+    sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
+    return HarnessResults(results, dataset)
+
+
+def mark_automotive_loadgen(results_dir: Path) -> None:
+    """Add the settings only the automotive LoadGen logs to every detail log under ``results_dir``."""
+    for detail in results_dir.rglob(checker.DETAIL_LOG):
+        lines = detail.read_text().splitlines()
+        anchor = next(i for i, line in enumerate(lines) if '"effective_sample_concatenate_permutation"' in line)
+        record = json.loads(lines[anchor][len(":::MLLOG ") :])
+        added = []
+        for key in checker.AUTOMOTIVE_LOADGEN_KEYS:
+            added.append(":::MLLOG " + json.dumps({**record, "key": key, "value": False}))
+        detail.write_text("\n".join(lines[: anchor + 1] + added + lines[anchor + 1 :]) + "\n")
+
+
+def set_detail_value(detail: Path, key: str, value) -> None:
+    """Replace the value of ``key`` in a detail log (it must be there)."""
+    lines = detail.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(":::MLLOG ") and f'"key": "{key}"' in line:
+            record = json.loads(line[len(":::MLLOG ") :])
+            record["value"] = value
+            lines[index] = ":::MLLOG " + json.dumps(record)
+            detail.write_text("\n".join(lines) + "\n")
+            return
+    raise AssertionError(f"{key} not in {detail}")
+
+
+_SESSION: dict[str, object] = {}
+"""Built once per session even when test_checker.py imports these fixtures too."""
+
+
+@pytest.fixture(scope="session")
+def pristine_results(tmp_path_factory) -> HarnessResults:
+    """Results exactly as the PyPI (inference) LoadGen wrote them."""
+    if "pristine" not in _SESSION:
+        _SESSION["pristine"] = build_results(tmp_path_factory.mktemp("harness"))
+    return _SESSION["pristine"]
+
+
+@pytest.fixture(scope="session")
+def automotive_results(pristine_results, tmp_path_factory) -> HarnessResults:
+    if "automotive" not in _SESSION:
+        root = tmp_path_factory.mktemp("automotive")
+        shutil.copytree(pristine_results.results_dir, root / "results")
+        mark_automotive_loadgen(root / "results")
+        _SESSION["automotive"] = HarnessResults(root / "results", pristine_results.dataset_dir)
+    return _SESSION["automotive"]
+
+
+@pytest.fixture(scope="session")
+def closed_tree(automotive_results, tmp_path_factory) -> Path:
+    """A closed-division tree generated in test mode (shared: tests copy it before mutating)."""
+    if "closed" not in _SESSION:
+        root = tmp_path_factory.mktemp("closed") / "submission"
+        _SESSION["closed"] = submission.generate_submission(
+            automotive_results.results_dir, root, SUBMITTER, "closed", SYSTEM, allow_test_mode=True
+        )
+    return _SESSION["closed"]
+
+
+def copy_results(results: HarnessResults, tmp_path: Path) -> HarnessResults:
+    shutil.copytree(results.results_dir, tmp_path / "results")
+    return HarnessResults(tmp_path / "results", results.dataset_dir)
+
+
+def scenario_out(tree: Path, division: str = "closed") -> Path:
+    return tree / division / SUBMITTER / "results" / SYSTEM / rules.MODEL_NAME / SCENARIO
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_closed_tree_layout_and_contents(closed_tree, automotive_results):
+    submitter_dir = closed_tree / "closed" / SUBMITTER
+    out = scenario_out(closed_tree)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "TEST01",
+        "accuracy",
+        "measurements.json",
+        "performance",
+        "user.conf",
+    ]
+    assert sorted(p.name for p in (out / "performance" / "run_1").iterdir()) == [
+        checker.DETAIL_LOG,
+        checker.SUMMARY_LOG,
+    ]
+    assert sorted(p.name for p in (out / "accuracy").iterdir()) == sorted(checker.ACCURACY_FILES)
+    assert sorted(p.name for p in (out / "TEST01").iterdir()) == [
+        "accuracy",
+        "performance",
+        "verify_accuracy.txt",
+        "verify_performance.txt",
+    ]
+    assert "TEST PASS" in (out / "TEST01" / "verify_performance.txt").read_text()
+    assert "TEST PASS" in (out / "TEST01" / "verify_accuracy.txt").read_text()
+    assert (out / "TEST01" / "accuracy" / checker.ACCURACY_TXT).read_text().startswith("mAP: 1.0")
+
+    system = json.loads((submitter_dir / "systems" / f"{SYSTEM}.json").read_text())
+    assert list(system) == list(checker.SYSTEM_FIELDS)
+    assert system["system_type"] == "adas" and system["status"] == "development"
+    assert system["division"] == "closed" and system["submitter"] == SUBMITTER
+    assert system["accelerators_per_node"] == "0"  # a string: the checker rejects a bare 0
+    assert system["framework"].startswith("onnxruntime")
+    assert all(isinstance(v, str) and v for v in system.values())
+
+    measurements = json.loads((out / "measurements.json").read_text())
+    assert measurements["starting_weights_filename"] == "ssd_resnet50.onnx"
+    assert all(measurements[k] for k in checker.MEASUREMENT_FIELDS)
+
+    readme = (out / "README.md").read_text()
+    assert "| mAP | 1.00000 |" in readme and "relaxed" in readme and "abtf-ssd run" in readme
+    user_conf = automotive_results.scenario_dir / "performance" / "run_1" / "user.conf"
+    assert (out / "user.conf").read_text() == user_conf.read_text()
+
+    code = submitter_dir / "src" / "ssd" / "abtf_ssd"
+    assert (code / "checker.py").is_file() and (code / "submission.py").is_file()
+    assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
+
+
+def test_accuracy_log_is_truncated_with_the_original_hash(closed_tree, automotive_results):
+    original = (automotive_results.scenario_dir / "accuracy" / checker.ACCURACY_LOG).read_bytes()
+    assert len(original) > checker.MAX_ACCURACY_LOG_BYTES  # the fixture must exercise truncation
+    acc_dir = scenario_out(closed_tree) / "accuracy"
+    truncated = (acc_dir / checker.ACCURACY_LOG).read_bytes()
+    keep = submission.TRUNCATE_KEEP_BYTES
+    assert truncated == original[:keep] + checker.TRUNCATION_MARKER.encode() + original[-keep:]
+    assert len(truncated) <= checker.MAX_ACCURACY_LOG_BYTES
+    lines = (acc_dir / checker.ACCURACY_TXT).read_text().splitlines()
+    assert lines[0].startswith("mAP: ")
+    assert lines[-1] == f"hash={hashlib.sha256(original).hexdigest()}"
+
+
+def test_small_accuracy_log_is_kept_whole(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text('[\n{ "seq_id" : 0, "qsl_idx" : 3, "data" : "00" }\n]\n')
+    digest = submission.truncate_accuracy_log(source, tmp_path / "out.json")
+    assert (tmp_path / "out.json").read_bytes() == source.read_bytes()
+    assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_closed_division_refuses_the_pypi_loadgen(pristine_results, tmp_path):
+    target = tmp_path / "submission"
+    with pytest.raises(submission.SubmissionError) as error:
+        submission.generate_submission(
+            pristine_results.results_dir, target, SUBMITTER, "closed", SYSTEM, allow_test_mode=True
+        )
+    message = str(error.value)
+    assert "mlcr get,mlperf,automotive,loadgen,_v0.5" in message
+    assert "inference LoadGen 6." in message and "samples 0..127" in message
+    assert checker.DETAIL_LOG in message
+    assert not target.exists()
+
+
+def test_open_division_accepts_the_pypi_loadgen_with_a_note(pristine_results, tmp_path):
+    tree = submission.generate_submission(
+        pristine_results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM, allow_test_mode=True
+    )
+    out = scenario_out(tree, "open")
+    assert not (out / "TEST01").exists()
+    readme = (out / "README.md").read_text()
+    assert "inference LoadGen" in readme and "open division" in readme
+    assert checker.check_submission(tree, allow_test_mode=True) == []
+
+
+def test_closed_division_needs_test01(automotive_results, tmp_path):
+    results = copy_results(automotive_results, tmp_path)
+    shutil.rmtree(results.scenario_dir / "TEST01")
+    with pytest.raises(submission.SubmissionError, match="TEST01"):
+        submission.generate_submission(
+            results.results_dir, tmp_path / "sub", SUBMITTER, "closed", SYSTEM, allow_test_mode=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("status", "available"), ("division", "edge"), ("submitter", "my org"), ("system_name", ".hidden")],
+)
+def test_bad_inputs_are_refused(pristine_results, tmp_path, field, value):
+    arguments = {"submitter": SUBMITTER, "division": "open", "system_name": SYSTEM, "status": "development"}
+    arguments[field] = value
+    with pytest.raises(submission.SubmissionError, match=repr(value).strip("'")):
+        submission.generate_submission(pristine_results.results_dir, tmp_path / "sub", **arguments)
+
+
+def test_missing_system_description_is_an_error(pristine_results, tmp_path):
+    results = copy_results(pristine_results, tmp_path)
+    (results.results_dir / SYSTEM / sysinfo.SUT_INFO_NAME).unlink()
+    with pytest.raises(submission.SubmissionError, match=sysinfo.SUT_INFO_NAME):
+        submission.generate_submission(results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM)
+
+
+def test_a_failing_tree_raises_with_the_checker_errors(pristine_results, tmp_path):
+    with pytest.raises(submission.SubmissionCheckError) as error:
+        submission.generate_submission(pristine_results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM)
+    rules_hit = {e.rule for e in error.value.errors}
+    assert rules_hit <= set(checker.TEST_MODE_RELAXED_RULES) and "result-valid" in rules_hit
+
+
+def _verify(tmp_path, reference_ns, test_ns, pristine_results):
+    logs = []
+    for name, value in (("ref", reference_ns), ("test", test_ns)):
+        detail = tmp_path / name / checker.DETAIL_LOG
+        detail.parent.mkdir()
+        shutil.copyfile(pristine_results.scenario_dir / "performance" / "run_1" / checker.DETAIL_LOG, detail)
+        set_detail_value(detail, "result_validity", "VALID")
+        set_detail_value(detail, checker.RESULT_KEY, value)
+        logs.append(detail)
+    return submission.verify_test01_performance(*logs, allow_test_mode=False)
+
+
+@pytest.mark.parametrize(
+    ("reference_ns", "test_ns", "passed"),
+    [
+        (1_000_000, 1_050_000, True),
+        (1_000_000, 905_000, True),
+        (1_000_000, 1_150_000, False),
+        (1_000_000, 850_000, False),
+        (150_000, 175_000, True),  # 20 % allowed at or under 200 us
+        (150_000, 185_000, False),
+    ],
+)
+def test_test01_performance_tolerance(tmp_path, pristine_results, reference_ns, test_ns, passed):
+    verdict = _verify(tmp_path, reference_ns, test_ns, pristine_results)
+    assert verdict.passed is passed
+    assert verdict.text.rstrip().splitlines()[-1] == ("TEST PASS" if passed else "TEST FAIL: Test score invalid")
+    assert f"reference score = {reference_ns}" in verdict.text
+
+
+def test_test01_performance_of_test_mode_runs(pristine_results):
+    reference = pristine_results.scenario_dir / "performance" / "run_1" / checker.DETAIL_LOG
+    test = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.DETAIL_LOG
+    strict = submission.verify_test01_performance(reference, test, allow_test_mode=False)
+    assert not strict.passed and "Reference results are invalid" in strict.text
+    relaxed = submission.verify_test01_performance(reference, test, allow_test_mode=True)
+    assert relaxed.passed, relaxed.text
+    assert "mean latency" in relaxed.text
+
+
+def test_test01_accuracy_detects_a_changed_response(pristine_results, tmp_path):
+    accuracy_log = pristine_results.scenario_dir / "accuracy" / checker.ACCURACY_LOG
+    test_log = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.ACCURACY_LOG
+    verdict, indices = submission.verify_test01_accuracy(accuracy_log, test_log)
+    entries = json.loads(test_log.read_text())
+    assert len(entries) == QUERIES  # the audit.config logged every response of the short run
+    assert verdict.passed and indices == list(dict.fromkeys(e["qsl_idx"] for e in entries))
+
+    changed = entries[0]["qsl_idx"]
+    entries[0]["data"] = "FF" + entries[0]["data"][2:]
+    altered = tmp_path / checker.ACCURACY_LOG
+    altered.write_text(json.dumps(entries))
+    verdict, _ = submission.verify_test01_accuracy(accuracy_log, altered)
+    assert not verdict.passed
+    assert f"qsl_idx [{changed}]" in verdict.text and "TEST FAIL" in verdict.text
+
+
+def test_non_deterministic_test01_writes_baseline_and_compliance_accuracy(automotive_results, tmp_path):
+    results = copy_results(automotive_results, tmp_path)
+    test_log = results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.ACCURACY_LOG
+    entries = json.loads(test_log.read_text())
+    # A slightly different score of the top box: not bit-identical, same mAP.
+    rows = np.frombuffer(bytes.fromhex(entries[0]["data"]), dtype=np.float32).reshape(-1, 6).copy()
+    rows[0, 5] = 0.89
+    entries[0]["data"] = rows.tobytes().hex().upper()
+    test_log.write_text(json.dumps(entries))
+
+    tree = submission.generate_submission(
+        results.results_dir, tmp_path / "sub", SUBMITTER, "closed", SYSTEM, allow_test_mode=True
+    )
+    acc_dir = scenario_out(tree) / "TEST01" / "accuracy"
+    assert sorted(p.name for p in acc_dir.iterdir()) == sorted(
+        checker.TEST01_ACCURACY_FILES + checker.TEST01_NONDETERMINISTIC_FILES
+    )
+    assert checker.read_map(acc_dir / "baseline_accuracy.txt") == checker.read_map(
+        acc_dir / "compliance_accuracy.txt"
+    )
+    assert "TEST FAIL" in (acc_dir.parent / "verify_accuracy.txt").read_text()
+
+
+def test_second_system_joins_the_tree_and_tarball(automotive_results, closed_tree, tmp_path):
+    tree = tmp_path / "submission"
+    shutil.copytree(closed_tree, tree)
+    results = copy_results(automotive_results, tmp_path)
+    (results.results_dir / SYSTEM).rename(results.results_dir / "other-cpu")
+    submission.generate_submission(
+        results.results_dir, tree, SUBMITTER, "closed", "other-cpu", allow_test_mode=True, tar=True
+    )
+    systems = sorted(p.name for p in (tree / "closed" / SUBMITTER / "systems").iterdir())
+    assert systems == ["other-cpu.json", f"{SYSTEM}.json"]
+    assert checker.check_submission(tree, allow_test_mode=True) == []
+    tarball = submission.tarball_path(tree)
+    assert tarball == tmp_path / "submission.tar.gz"
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+    assert f"submission/closed/{SUBMITTER}/systems/other-cpu.json" in names
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_regenerating_replaces_the_system(automotive_results, closed_tree, tmp_path):
+    tree = tmp_path / "submission"
+    shutil.copytree(closed_tree, tree)
+    stale = scenario_out(tree) / "stale.txt"
+    stale.write_text("from an earlier run")
+    submission.generate_submission(
+        automotive_results.results_dir, tree, SUBMITTER, "closed", SYSTEM, status="hardened", allow_test_mode=True
+    )
+    assert not stale.exists()
+    system = json.loads((tree / "closed" / SUBMITTER / "systems" / f"{SYSTEM}.json").read_text())
+    assert system["status"] == "hardened"
+
+
+def test_copy_code_leaves_out_what_the_checker_forbids(tmp_path):
+    code = tmp_path / "code"
+    (code / "pkg" / "__pycache__").mkdir(parents=True)
+    (code / "pkg" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"x")
+    (code / "pkg" / "m.py").write_text("x = 1\n")
+    (code / ".hidden").write_text("x")
+    (code / "with space.py").write_text("x")
+    assert submission.copy_code(code, tmp_path / "out") == 1
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")] == [
+        "pkg",
+        "pkg/m.py",
+    ]
+
+
+def test_system_description_fills_every_field():
+    system, defaulted = submission.system_description(
+        {"host_processor_model_name": "CPU X", "accelerators_per_node": 0, "python": "3.11", "device": "cpu"},
+        SUBMITTER,
+        "open",
+        SYSTEM,
+        "engineering_samples",
+        {"framework": "pytorch 2.13"},
+    )
+    assert len(system) == 35 and system["system_type"] == "adas"
+    assert system["accelerators_per_node"] == "0" and system["framework"] == "pytorch 2.13"
+    assert system["sw_notes"] == "python 3.11, device cpu"
+    assert "cooling" in defaulted and system["cooling"] == submission.NOT_APPLICABLE
+    with pytest.raises(submission.SubmissionError, match="available"):
+        submission.system_description({}, SUBMITTER, "open", SYSTEM, "available")
+
+
+def test_cli(automotive_results, tmp_path, capsys):
+    code = submission.main(
+        [
+            "--results_dir",
+            str(automotive_results.results_dir),
+            "--submission_dir",
+            str(tmp_path / "sub"),
+            "--submitter",
+            SUBMITTER,
+            "--division",
+            "closed",
+            "--hw_name",
+            SYSTEM,
+            "--allow_test_mode",
+            "--tar",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tarball:" in out and (tmp_path / "sub.tar.gz").is_file()
+    assert submission.main(["--results_dir", str(tmp_path / "nowhere"), "--submission_dir", str(tmp_path / "x"),
+                            "--submitter", SUBMITTER, "--system_name", SYSTEM]) == 1
+    assert "does not exist" in capsys.readouterr().err
