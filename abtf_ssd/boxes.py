@@ -72,6 +72,8 @@ _BOUND_PROB_SLACK = 1.0e-3
 _SAMPLE_BLOCK = 64
 _SAMPLE_SIZE = 24576
 _EXPECTED_ABOVE = (640, 2560, 10240)
+# Classes whose thresholds are within this factor share one logit floor (one pass over the anchors).
+_GROUP_TAU_RATIO = 1.5
 
 
 def _as_config(config: SSDConfig | str) -> SSDConfig:
@@ -218,9 +220,9 @@ def _logit_offsets(tau: float, num_classes: int) -> tuple[float, float]:
 
 
 @functools.cache
-def _sample_anchor_idx(num_anchors: int) -> np.ndarray:
+def _sample_anchor_idx(num_anchors: int, sample_size: int) -> np.ndarray:
     """Anchor indices (n,) of the threshold sample: every anchor of a small frame, else evenly spaced blocks."""
-    block_stride = num_anchors // _SAMPLE_SIZE
+    block_stride = num_anchors // sample_size
     if block_stride <= 1:
         return np.arange(num_anchors)
     starts = np.arange(0, num_anchors // _SAMPLE_BLOCK, block_stride) * _SAMPLE_BLOCK
@@ -239,6 +241,21 @@ def _sample_thresholds(sample_probs: np.ndarray, expected_above: int, num_anchor
     return np.where(kth > np.float32(SCORE_THRESHOLD), kth, np.float32(0.0))
 
 
+def _threshold_groups(classes: list[int], taus: np.ndarray) -> list[list[int]]:
+    """Classes grouped so that one logit floor (from the group's lowest threshold) serves a group
+    without letting in many more anchors than the classes' own floors: the classes that need every
+    probability above the score threshold (tau 0) together, the others in runs of thresholds within
+    a factor ``_GROUP_TAU_RATIO``."""
+    complete = [c for c in classes if taus[c - 1] == 0]
+    groups = [complete] if complete else []
+    for c in sorted((c for c in classes if taus[c - 1] > 0), key=lambda c: taus[c - 1]):
+        if len(groups) > len(complete[:1]) and taus[c - 1] <= _GROUP_TAU_RATIO * taus[groups[-1][0] - 1]:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
+
+
 def _top_candidates_bounded(conf: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Per foreground class, (anchor_idx, scores) of its top ``MAX_PER_CLASS`` above the score threshold,
     best first, from logits (C, A) without a full softmax; None when the logits are unsafe for it."""
@@ -250,19 +267,24 @@ def _top_candidates_bounded(conf: np.ndarray) -> list[tuple[np.ndarray, np.ndarr
     threshold = np.float32(SCORE_THRESHOLD)
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     pending = list(range(1, num_classes))
-    sample_probs = class_probabilities(conf[:, _sample_anchor_idx(conf.shape[1])])[1:]
-    for level, expected_above in enumerate((*_EXPECTED_ABOVE, None)):
+    sample_probs = class_probabilities(conf[:, _sample_anchor_idx(conf.shape[1], _SAMPLE_SIZE)])[1:]
+    for expected_above in (*_EXPECTED_ABOVE, None):
         if expected_above is None:
             taus = np.zeros(num_classes - 1, dtype=np.float32)
         else:
             taus = _sample_thresholds(sample_probs, expected_above, conf.shape[1])
-        from_max, from_mean = _logit_offsets(float(min(taus[c - 1] for c in pending)), num_classes)
-        logit_floor = np.maximum(overall_max + np.float32(from_max), mean + np.float32(from_mean))
-        if level == 0:
-            best_pending = foreground_max
-        else:
-            best_pending = conf[pending].max(axis=0)
-        anchor_idx = np.flatnonzero(best_pending > logit_floor)
+        needed = np.zeros(conf.shape[1], dtype=bool)
+        for group in _threshold_groups(pending, taus):
+            from_max, from_mean = _logit_offsets(float(taus[group[0] - 1]), num_classes)
+            logit_floor = np.maximum(overall_max + np.float32(from_max), mean + np.float32(from_mean))
+            if len(group) == num_classes - 1:
+                best_in_group = foreground_max
+            elif len(group) == 1:
+                best_in_group = conf[group[0]]
+            else:
+                best_in_group = conf[group].max(axis=0)
+            needed |= best_in_group > logit_floor
+        anchor_idx = np.flatnonzero(needed)
         probs = class_probabilities(conf[:, anchor_idx])
         still_pending = []
         for c in pending:

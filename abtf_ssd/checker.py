@@ -671,6 +671,20 @@ def check_submission(
     return run_checks(submission_dir, version, allow_test_mode).errors
 
 
+def format_report(report: CheckReport, submission_dir: str | Path, version: str) -> str:
+    """What the checker tells a person: relaxed rules and findings (test mode), then each error."""
+    lines = []
+    if report.allow_test_mode:
+        lines.append("test mode: relaxed rules: " + "; ".join(TEST_MODE_RELAXED_RULES.values()))
+        lines += [f"relaxed: {finding}" for finding in report.relaxed]
+    lines += [f"ERROR {error}" for error in report.errors]
+    if report.errors:
+        lines.append(f"{len(report.errors)} error(s): the submission does not pass")
+    else:
+        lines.append(f"{submission_dir}: submission passes the {version} checks")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="abtf-ssd-check-submission", description="Check an MLPerf Automotive submission tree (ssd)."
@@ -690,17 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckerInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.allow_test_mode:
-        print("test mode: relaxed rules: " + "; ".join(TEST_MODE_RELAXED_RULES.values()))
-        for finding in report.relaxed:
-            print(f"relaxed: {finding}")
-    for error in report.errors:
-        print(f"ERROR {error}")
-    if report.errors:
-        print(f"{len(report.errors)} error(s): the submission does not pass")
-        return 1
-    print(f"{args.submission_dir}: submission passes the {args.version} checks")
-    return 0
+    print(format_report(report, args.submission_dir, args.version), end="")
+    return 1 if report.errors else 0
 
 
 if __name__ == "__main__":

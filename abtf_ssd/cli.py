@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from abtf_ssd.sysinfo import DEVICES, FRAMEWORKS
+from abtf_ssd.backends import FRAMEWORKS
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
 """The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
@@ -221,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one LoadGen run (performance, accuracy or find-performance)")
     run_choices = {
         "framework": FRAMEWORKS,
-        "device": DEVICES,
         "config_name": tuple(CONFIGS),
         "scenario": rules.SCENARIOS,
         "mode": rules.MODES,
@@ -243,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sysinfo", help="describe this system (mlc-sut-info.json)")
     _opt(p, "--out", "out", "file to write (default: print)")
     _opt(p, "--framework", "framework", "framework whose version to record", choices=FRAMEWORKS)
-    _opt(p, "--device", "device", "device the run uses", choices=DEVICES)
+    _opt(p, "--device", "device", "device the run uses: cpu, cuda[:N], tensorrt[:N]")
     p.set_defaults(handler=_sysinfo)
     return parser
 

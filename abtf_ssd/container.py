@@ -240,7 +240,9 @@ def _host_path(path: str | os.PathLike[str], what: str, must_exist: bool) -> Pat
     if must_exist and not resolved.exists():
         raise FileNotFoundError(f"{what} {resolved} does not exist")
     if ":" in str(resolved):
-        raise ValueError(f"{what} {resolved} contains ':', which docker -v cannot mount; rename it or use a link")
+        raise ValueError(
+            f"{what} {resolved} contains ':', which docker -v cannot mount; rename it or use a link"
+        )
     return resolved
 
 
@@ -286,7 +288,9 @@ def plan_docker_run(
         (model_path, model_from_host, "model"),
     ):
         if from_host and given is None:
-            raise ValueError(f"MLC_USE_{what.upper()}_FROM_HOST=yes, but no {what} path was fetched on the host")
+            raise ValueError(
+                f"MLC_USE_{what.upper()}_FROM_HOST=yes, but no {what} path was fetched on the host"
+            )
 
     mounts: list[Mount] = []
     replacements: dict[str, str] = {}
@@ -330,13 +334,15 @@ def plan_docker_run(
 
 
 def require_docker_engine() -> None:
-    """Raise :class:`DockerUnavailableError` unless ``docker`` exists and ``docker info`` reaches the daemon."""
+    """Raise :class:`DockerUnavailableError` unless ``docker`` exists and ``docker info`` reaches a daemon."""
     advice = (
         "Install and start a Docker engine (plus the NVIDIA Container Toolkit for --device=cuda), "
         "or add --docker_dryrun to print the docker build / docker run commands instead of running them."
     )
     if shutil.which(DOCKER) is None:
-        raise DockerUnavailableError(f"--docker needs Docker, and there is no `{DOCKER}` program on PATH. {advice}")
+        raise DockerUnavailableError(
+            f"--docker needs Docker, and there is no `{DOCKER}` program on PATH. {advice}"
+        )
     try:
         info = subprocess.run(
             [DOCKER, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60
@@ -369,7 +375,9 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def execute(plan: DockerPlan, dry_run: bool = False, rebuild: bool = False, out: TextIO | None = None) -> None:
+def execute(
+    plan: DockerPlan, dry_run: bool = False, rebuild: bool = False, out: TextIO | None = None
+) -> None:
     """Build the image when missing (or ``rebuild``), then run the container.
 
     ``dry_run``: write the Dockerfile next to the results and print both commands, running nothing.

@@ -217,7 +217,7 @@ def _relay_redacted(stream: io.BufferedReader, idle_flush_s: float = 0.2) -> Non
     while True:
         ready, _, _ = select.select([fd], [], [], idle_flush_s)
         if not ready:
-            if pending:
+            if pending and not _SECRET_START.search(pending):
                 sys.stdout.write(redact(pending))
                 sys.stdout.flush()
                 pending = ""

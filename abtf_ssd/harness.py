@@ -26,7 +26,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -82,7 +82,8 @@ class RunOptions:
     model_path: str | Path | None = None
     framework: str = "onnxruntime"
     device: str = "cpu"
-    config_name: str = BENCHMARK_CONFIG
+    config_name: str | None = None
+    """None: the backend's (inferred from the model), else the benchmark config."""
     scenario: str = "SingleStream"
     mode: str = "performance"
     """``performance`` | ``accuracy`` | ``find-performance``."""
@@ -302,7 +303,6 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     _validate(options)
     command = options.command if options.command is not None else shlex.join(sys.argv)
     options = _absolute(options)
-    config = get_config(options.config_name)
     dataset_dir = Path(options.dataset_dir)
     total = accuracy.count_samples(dataset_dir, options.dataset_prefix)
     short = options.execution_mode == "test" or options.mode == "find-performance"
@@ -338,6 +338,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         backend = create_backend(
             options.framework, options.model_path, options.device, options.threads, options.config_name
         )
+    options = replace(options, config_name=_config_name(options, backend))
+    config = get_config(options.config_name)
     library = SampleLibrary(dataset_dir, options.dataset_prefix, config.image_size)
     sut = SystemUnderTest(backend, library, options.config_name, options.batch_size)
     out_dir = output_dir(options)
@@ -354,11 +356,18 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     )
     accuracy.write_text_atomic(out_dir / COMMAND_TXT, command + "\n")
     result = _collect(options, out_dir, sut, library, total, expected_latency)
-    _write_results_json(result, dataset_dir, settings)
+    _write_results_json(result, dataset_dir, settings, getattr(backend, "name", type(backend).__name__))
     print(report.format_table([result.summary]))
     if options.mode != "performance" and result.failures:
         raise RunFailedError(_failure_message(result), result)
     return result
+
+
+def _config_name(options: RunOptions, backend: Backend) -> str:
+    served = getattr(backend, "config_name", None)
+    if options.config_name is not None and served is not None and served != options.config_name:
+        raise ValueError(f"the model is for config {served!r}, not the requested {options.config_name!r}")
+    return options.config_name or served or BENCHMARK_CONFIG
 
 
 def _start_loadgen(
@@ -436,11 +445,14 @@ def _failure_message(result: RunResult) -> str:
     )
 
 
-def _write_results_json(result: RunResult, dataset_dir: Path, settings: lg.TestSettings) -> None:
+def _write_results_json(
+    result: RunResult, dataset_dir: Path, settings: lg.TestSettings, backend_name: str
+) -> None:
     options = result.options
     data = {
         "status": "ok" if result.ok else "failed",
         "dataset_dir": str(dataset_dir),
+        "backend": backend_name,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "summary": result.summary.to_dict(),
         "failed_queries": sum(len(f.samples) for f in result.failures),

@@ -221,7 +221,7 @@ def _int(value: object) -> int | None:
 
 _COLUMNS = (
     ("scenario", 14),
-    ("mode", 12),
+    ("mode", 18),
     ("queries", 8),
     ("mean ms", 10),
     ("p50 ms", 10),
@@ -296,60 +296,59 @@ def write_latency_histogram(
     if latencies_ms.size == 0:
         raise ValueError(f"{png_path}: no latencies to draw")
     width, height = 900, 480
-    left, right, top, bottom = 80, 30, 50, 70
+    left, right, top, bottom = 70, 40, 70, 60
     plot_w, plot_h = width - left - right, height - top - bottom
     low, high = float(latencies_ms.min()), float(latencies_ms.max())
     if high - low < 1e-9:
         low, high = low * 0.99, high * 1.01 + 1e-6
-    counts, edges = np.histogram(latencies_ms, bins=bins, range=(low, high))
-    peak = max(int(counts.max()), 1)
+    counts, _ = np.histogram(latencies_ms, bins=bins, range=(low, high))
+    count_step = max(1, math.ceil(int(counts.max()) / 5))
+    count_top = count_step * math.ceil(max(int(counts.max()), 1) / count_step)
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    draw.text((left, 15), title, fill="black", font=font)
-    draw.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill="black")
+    black, bar_color = (0, 0, 0), (70, 110, 180)
+    draw.line([(left, top), (left, top + plot_h), (left + plot_w, top + plot_h)], fill=black)
 
     def x_of(ms: float) -> float:
         return left + (ms - low) / (high - low) * plot_w
 
+    def y_of(count: float) -> float:
+        return top + plot_h - count / count_top * plot_h
+
     bar_w = plot_w / bins
     for i, count in enumerate(counts):
         if count:
-            bar_h = count / peak * plot_h
             x0 = left + i * bar_w
-            draw.rectangle([x0 + 1, top + plot_h - bar_h, x0 + bar_w - 1, top + plot_h], fill=(70, 110, 180))
+            draw.rectangle([x0 + 1, y_of(count), x0 + bar_w - 1, top + plot_h], fill=bar_color)
     for k in range(6):
         ms = low + (high - low) * k / 5
-        x = x_of(ms)
-        draw.line([(x, top + plot_h), (x, top + plot_h + 5)], fill="black")
-        draw.text((x - 20, top + plot_h + 8), f"{ms:.3g}", fill="black", font=font)
-        count = round(peak * k / 5)
-        y = top + plot_h - plot_h * k / 5
-        draw.line([(left - 5, y), (left, y)], fill="black")
-        draw.text((left - 45, y - 6), str(count), fill="black", font=font)
-    draw.text((left + plot_w / 2 - 40, height - 25), "latency (ms)", fill="black", font=font)
-    draw.text((10, top - 20), "queries", fill="black", font=font)
+        draw.line([(x_of(ms), top + plot_h), (x_of(ms), top + plot_h + 5)], fill=black)
+        draw.text((x_of(ms) - 20, top + plot_h + 8), f"{ms:.4g}", fill=black, font=font)
+    for count in range(0, count_top + 1, count_step):
+        draw.line([(left - 5, y_of(count)), (left, y_of(count))], fill=black)
+        draw.text((left - 40, y_of(count) - 6), str(count), fill=black, font=font)
+    draw.text((left + plot_w / 2 - 30, height - 25), "latency (ms)", fill=black, font=font)
+    draw.text((10, top - 16), "queries", fill=black, font=font)
+
     mean = float(latencies_ms.mean())
     p999 = float(np.percentile(latencies_ms, 99.9))
-    for value, label, color in ((mean, "mean", (200, 60, 40)), (p999, "p99.9", (40, 150, 60))):
-        x = x_of(value)
-        draw.line([(x, top), (x, top + plot_h)], fill=color, width=2)
-        draw.text(
-            (x + 4, top + (0 if label == "mean" else 14)), f"{label} {value:.3f} ms", fill=color, font=font
-        )
-    draw.text(
-        (left + plot_w - 200, 15), f"n = {latencies_ms.size}, max {high:.3f} ms", fill="black", font=font
-    )
+    draw.text((left, 10), title, fill=black, font=font)
+    legend = [
+        (f"n = {latencies_ms.size}, min {low:.3f} ms, max {high:.3f} ms", black),
+        (f"mean {mean:.3f} ms", (200, 60, 40)),
+        (f"p99.9 {p999:.3f} ms", (40, 150, 60)),
+    ]
+    x = left
+    for text, color in legend:
+        draw.text((x, 30), text, fill=color, font=font)
+        x += draw.textlength(text, font=font) + 24
+    for value, (_, color) in zip((mean, p999), legend[1:], strict=True):
+        draw.line([(x_of(value), top), (x_of(value), top + plot_h)], fill=color, width=2)
+
     png_path = Path(png_path)
     temp = png_path.with_name(f".{png_path.name}.tmp")
     image.save(temp, format="PNG")
     temp.replace(png_path)
     return png_path
-
-
-def percentile_ms(latencies_ns: np.ndarray, percentile: float) -> float:
-    """A percentile of nanosecond latencies, in ms (nan for none)."""
-    if len(latencies_ns) == 0:
-        return math.nan
-    return float(np.percentile(latencies_ns, percentile)) / 1e6

@@ -252,9 +252,9 @@ def user_conf_text(settings: lg.TestSettings, scenario: str, round: str) -> str:
         values["target_latency_percentile"] = _percent(settings.multi_stream_target_latency_percentile)
         values["samples_per_query"] = str(settings.multi_stream_samples_per_query)
     elif scenario == "Offline":
-        values["target_qps"] = f"{settings.offline_expected_qps:.6g}"
+        values["target_qps"] = repr(float(settings.offline_expected_qps))
     else:
-        values["target_qps"] = f"{settings.server_target_qps:.6g}"
+        values["target_qps"] = repr(float(settings.server_target_qps))
         values["target_latency"] = _ms(settings.server_target_latency_ns)
         values["target_latency_percentile"] = _percent(settings.server_target_latency_percentile)
         values["constant_gen"] = str(int(settings.server_constant_gen))

@@ -60,15 +60,13 @@ from abtf_ssd.checker import (
     read_map,
     sha256_file,
 )
+from abtf_ssd.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
 from abtf_ssd.report import LogFormatError
 from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, get_round
 from abtf_ssd.sysinfo import SUT_INFO_NAME
 
 logger = logging.getLogger(__name__)
 
-USER_CONF = "user.conf"
-RESULTS_JSON = "results.json"
-COMMAND_TXT = "command.txt"
 DEFAULT_STATUS = "development"
 TRUNCATE_KEEP_BYTES = 4096
 """Bytes of the accuracy log kept at its head and at its tail when it is truncated."""
@@ -140,7 +138,10 @@ def find_scenarios(results_dir: Path, system_name: str) -> list[ScenarioRuns]:
             if not (folder / DETAIL_LOG).is_file():
                 raise SubmissionError(f"{folder}: the {what} is missing ({DETAIL_LOG} not found)")
         test01 = None
-        for candidate in (scenario_dir / "TEST01" / "performance" / "run_1", scenario_dir / "TEST01"):
+        for candidate in (
+            scenario_dir / COMPLIANCE_TEST / "performance" / "run_1",
+            scenario_dir / COMPLIANCE_TEST,
+        ):
             if (candidate / DETAIL_LOG).is_file():
                 test01 = candidate
                 break
@@ -176,10 +177,16 @@ def load_sut_info(results_dir: Path, system_name: str, sut_info: dict | str | Pa
 
 
 def _run_info(runs: ScenarioRuns) -> dict[str, Any]:
-    """results.json of the performance run (else the accuracy run), {} when there is none."""
+    """What the harness's results.json says of a run: its ``options`` (model_path, framework,
+    device, config_name, ...) and top-level entries (dataset_dir, ...); {} without one.
+
+    The performance run's, else the accuracy run's.
+    """
     for folder in (runs.performance, runs.accuracy):
         if (folder / RESULTS_JSON).is_file():
-            return _read_json(folder / RESULTS_JSON)
+            data = _read_json(folder / RESULTS_JSON)
+            options = data.get("options")
+            return {**(options if isinstance(options, dict) else {}), **data}
     return {}
 
 
@@ -415,15 +422,12 @@ def verify_test01_accuracy(accuracy_log: Path, test_log: Path) -> tuple[Test01Ve
     return Test01Verdict(passed, "\n".join(lines) + "\n"), indices
 
 
-def _dataset_dir(dataset_dir: str | Path | None, run_info: dict[str, Any], runs: ScenarioRuns) -> Path | None:
+def _dataset_dir(dataset_dir: str | Path | None, runs: ScenarioRuns) -> Path | None:
+    """The preprocessed dataset of the runs: given, or the one their results.json names."""
     if dataset_dir is not None:
         return Path(dataset_dir)
-    for folder in (runs.accuracy, runs.performance):
-        if (folder / RESULTS_JSON).is_file():
-            found = _read_json(folder / RESULTS_JSON).get("dataset_dir")
-            if found:
-                return Path(found)
-    return Path(run_info["dataset_dir"]) if run_info.get("dataset_dir") else None
+    found = _run_info(runs).get("dataset_dir")
+    return Path(found) if found else None
 
 
 def _subset_map(log: Path, indices: list[int] | None, dataset: Path) -> float:
@@ -581,6 +585,18 @@ def make_tarball(submission_dir: Path) -> Path:
 # The generator
 
 
+def default_system_name(results_dir: str | Path) -> str:
+    """The only system folder of a results folder (the harness writes one per system)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise SubmissionError(f"results folder {results_dir} does not exist")
+    systems = sorted(p.name for p in results_dir.iterdir() if (p / MODEL_NAME).is_dir())
+    if len(systems) != 1:
+        found = ", ".join(systems) if systems else "none"
+        raise SubmissionError(f"{results_dir}: name the system to submit (system folders with ssd/: {found})")
+    return systems[0]
+
+
 def _check_name(value: str, what: str) -> str:
     if not value or value.startswith(".") or " " in value or "/" in value or os.sep in value:
         raise SubmissionError(
@@ -665,7 +681,7 @@ def _write_scenario(
     map_value = read_map(runs.accuracy / ACCURACY_TXT)
 
     if division == "closed":
-        dataset = _dataset_dir(dataset_dir, run_info, runs)
+        dataset = _dataset_dir(dataset_dir, runs)
         perf_ok, acc_ok = write_test01(runs, destination / "TEST01", allow_test_mode, dataset)
         notes.append(
             f"TEST01: performance {'passed' if perf_ok else 'FAILED'}; responses "
@@ -724,7 +740,7 @@ def generate_submission(
 
     Raises:
         SubmissionError: bad input, missing runs, inference LoadGen for closed, no TEST01 for closed.
-        SubmissionCheckError: the finished tree fails the checker.
+        SubmissionCheckError: the finished tree fails the checker (it is left in place to inspect).
     """
     results_dir, submission_dir, code_dir = Path(results_dir), Path(submission_dir), Path(code_dir)
     if division not in DIVISIONS:

@@ -223,22 +223,20 @@ def _paint_bicycle(draw: ImageDraw.ImageDraw, box: Box, rng: np.random.Generator
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
     frame = _jitter(rng, (20, 200, 210))
-    wheel = min(round(h * 0.55), w // 2)
-    thick = max(1, round(h * 0.09))
-    rear = (x1, y2 - wheel, x1 + wheel - 1, y2 - 1)
-    front = (x2 - wheel, y2 - wheel, x2 - 1, y2 - 1)
-    for wheel_box in (rear, front):
-        _ellipse(draw, wheel_box, outline=(15, 15, 15), width=thick)
+    wheel = min(round(h * 0.6), w // 2)
+    thick = max(1, round(h * 0.12))
+    for wheel_box in ((x1, y2 - wheel, x1 + wheel - 1, y2 - 1), (x2 - wheel, y2 - wheel, x2 - 1, y2 - 1)):
+        _ellipse(draw, wheel_box, fill=(60, 60, 60), outline=(10, 10, 10), width=thick)
     axle_y = y2 - wheel / 2
-    rear = (x1 + wheel / 2, axle_y)
-    front = (x2 - wheel / 2, axle_y)
+    rear, front = (x1 + wheel / 2, axle_y), (x2 - wheel / 2, axle_y)
     crank = (x1 + w * 0.5, axle_y)
-    seat = (x1 + w * 0.38, y1 + h * 0.22)
-    bar = (x2 - w * 0.3, y1 + h * 0.1)
+    seat = (x1 + w * 0.36, y1 + thick)
+    bar = (x2 - w * 0.3, y1 + thick)
     for a, b in ((rear, seat), (seat, crank), (crank, rear), (seat, bar), (crank, bar), (bar, front)):
         draw.line((a, b), fill=frame, width=thick + 1)
-    _rect(draw, (bar[0] - w * 0.06, y1, bar[0] + w * 0.06, y1 + thick), fill=(15, 15, 15))
-    _rect(draw, (seat[0] - w * 0.07, seat[1] - thick, seat[0] + w * 0.07, seat[1]), fill=(15, 15, 15))
+    # Saddle and handlebar make the top edge of the box.
+    _rect(draw, (seat[0] - w * 0.1, y1, seat[0] + w * 0.1, y1 + thick), fill=frame)
+    _rect(draw, (bar[0] - w * 0.08, y1, bar[0] + w * 0.08, y1 + thick), fill=frame)
 
 
 def _name(cognata_id: int) -> str:
@@ -246,12 +244,12 @@ def _name(cognata_id: int) -> str:
 
 
 OBJECT_CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass(8, _name(8), (26, 88), (1.35, 2.0), False, _paint_car),
-    ObjectClass(9, _name(9), (40, 130), (1.0, 1.6), False, _paint_truck),
-    ObjectClass(14, _name(14), (32, 104), (0.4, 0.5), False, _paint_pedestrian),
-    ObjectClass(28, _name(28), (26, 64), (0.38, 0.46), True, _paint_traffic_light),
-    ObjectClass(33, _name(33), (24, 56), (0.9, 1.1), True, _paint_sign),
-    ObjectClass(35, _name(35), (26, 80), (1.4, 1.8), False, _paint_bicycle),
+    ObjectClass(8, _name(8), (36, 96), (1.5, 1.8), False, _paint_car),
+    ObjectClass(9, _name(9), (48, 130), (1.15, 1.45), False, _paint_truck),
+    ObjectClass(14, _name(14), (40, 110), (0.42, 0.5), False, _paint_pedestrian),
+    ObjectClass(28, _name(28), (32, 72), (0.4, 0.45), True, _paint_traffic_light),
+    ObjectClass(33, _name(33), (30, 64), (0.95, 1.05), True, _paint_sign),
+    ObjectClass(35, _name(35), (34, 88), (1.5, 1.7), False, _paint_bicycle),
 )
 """The labelled classes (Cognata ids of the benchmark's label map) and how they are drawn."""
 

@@ -24,8 +24,6 @@ SUT_INFO_NAME = "mlc-sut-info.json"
 
 FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
 """--framework value -> the distribution whose version is the framework's."""
-FRAMEWORKS = tuple(FRAMEWORK_PACKAGES)
-DEVICES = ("cpu", "cuda")
 MODEL_SUFFIXES = {"onnxruntime": (".onnx",), "pytorch": (".pth", ".pt")}
 """--framework value -> the model file suffixes it loads."""
 
@@ -150,33 +148,42 @@ def nvidia_gpus() -> list[dict[str, str]]:
 
 
 def device_problem(framework: str, device: str) -> str | None:
-    """Why ``framework`` cannot run on ``device`` here, or None when it can.
+    """Why ``framework`` cannot run on ``device`` ("cpu", "cuda[:N]", "tensorrt[:N]") here, or None.
 
     Only the framework's own view counts: an ONNX Runtime without the CUDA execution provider
     cannot use a GPU even where ``nvidia-smi`` sees one.
     """
+    from abtf_ssd.backends import FRAMEWORKS, parse_device
+
     if framework not in FRAMEWORKS:
         return f"unknown framework {framework!r}; supported: {', '.join(FRAMEWORKS)}"
-    if device not in DEVICES:
-        return f"unknown device {device!r}; supported: {', '.join(DEVICES)}"
     if not package_version(FRAMEWORK_PACKAGES[framework]):
         return f"{framework} is not installed (pip install {FRAMEWORK_PACKAGES[framework]})"
-    if device == "cpu":
-        return None
-    if framework == "onnxruntime":
-        import onnxruntime
+    try:
+        if framework == "onnxruntime":
+            import onnxruntime
 
-        providers = onnxruntime.get_available_providers()
-        if "CUDAExecutionProvider" not in providers:
-            return (
-                "--device=cuda: this onnxruntime has no CUDAExecutionProvider (available: "
-                f"{', '.join(providers)}); install onnxruntime-gpu on a machine with an NVIDIA GPU"
-            )
-        return None
-    import torch
+            from abtf_ssd.backends.onnxruntime_backend import providers_for
 
-    if not torch.cuda.is_available():
-        return f"--device=cuda: torch {torch.__version__} sees no CUDA device"
+            available = onnxruntime.get_available_providers()
+            missing = [name for name, _ in providers_for(device) if name not in available]
+            if missing:
+                return (
+                    f"--device={device} needs {', '.join(missing)}, but this onnxruntime provides only "
+                    f"{', '.join(available)}; on a machine with an NVIDIA GPU install onnxruntime-gpu"
+                )
+            return None
+        from abtf_ssd.backends.pytorch_backend import DEVICE_KINDS
+
+        kind, index = parse_device(device, DEVICE_KINDS)
+        if kind == "cuda":
+            import torch
+
+            count = torch.cuda.device_count()
+            if count <= index:
+                return f"--device={device}: torch {torch.__version__} sees {count} CUDA device(s)"
+    except ValueError as error:
+        return str(error)
     return None
 
 
@@ -195,7 +202,8 @@ def run_problem(framework: str, device: str, model_path: str | None = None) -> s
 
 def collect(framework: str | None = None, device: str = "cpu", storage_path: str = ".") -> dict[str, Any]:
     """The system description as a flat JSON-ready dict."""
-    gpus = nvidia_gpus() if device == "cuda" or shutil.which("nvidia-smi") else []
+    gpus = nvidia_gpus()
+    on_gpu = device != "cpu"
     framework_version = package_version(FRAMEWORK_PACKAGES.get(framework or "", "")) if framework else ""
     software = {name: package_version(name) for name in SOFTWARE_PACKAGES}
     return {
@@ -205,9 +213,9 @@ def collect(framework: str | None = None, device: str = "cpu", storage_path: str
         **processor(),
         "host_memory_capacity": f"{memory_gb()} GB",
         "host_storage_capacity": f"{storage_gb(storage_path)} GB",
-        "accelerators_per_node": len(gpus) if device == "cuda" else 0,
-        "accelerator_model_name": gpus[0]["name"] if gpus and device == "cuda" else "",
-        "accelerator_memory_capacity": gpus[0]["memory"] if gpus and device == "cuda" else "",
+        "accelerators_per_node": len(gpus) if on_gpu else 0,
+        "accelerator_model_name": gpus[0]["name"] if gpus and on_gpu else "",
+        "accelerator_memory_capacity": gpus[0]["memory"] if gpus and on_gpu else "",
         "accelerators_present": [gpu["name"] for gpu in gpus],
         "framework": f"{framework} {framework_version}".strip() if framework else "",
         "device": device,

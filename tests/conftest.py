@@ -32,7 +32,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     from abtf_ssd.synth import SPLIT_FILES, generate
 
     root = tmp_path_factory.mktemp("tiny_dataset")
-    raw = generate(root / "raw", frames=DEMO_FRAMES, width=512, height=288, seed=7, calibration_frames=0, workers=1)
+    raw = generate(
+        root / "raw", frames=DEMO_FRAMES, width=512, height=288, seed=7, calibration_frames=0, workers=1
+    )
     preprocessed = build_preprocessed(
         raw, raw / SPLIT_FILES["validation"], root / "val", "val", DEMO_CONFIG, workers=1, progress=False
     )

@@ -34,8 +34,9 @@ SYSTEM = "tiny-cpu"
 SUBMITTER = "ABTF_Demo"
 SCENARIO = "SingleStream"
 SAMPLES = 16
-QUERIES = 48
-LATENCY_S = 0.004
+QUERIES = 32
+LATENCY_S = 0.02
+"""Long enough that OS noise stays far below TEST01's 10 % tolerance on the mean latency."""
 GROUND_TRUTH = np.array([[10, 20, 90, 120, 4, 0, 0]], dtype=np.float32)
 """Every sample's one object: a car (label 4)."""
 
@@ -115,12 +116,14 @@ def build_results(root: Path) -> HarnessResults:
     dataset = write_dataset(root / "dataset")
     results = root / "results"
     scenario_dir = results / SYSTEM / rules.MODEL_NAME / SCENARIO
-    run_info = {
-        "framework": "onnxruntime",
-        "device": "cpu",
-        "model_path": "/models/ssd_resnet50.onnx",
-        "config_name": "demo",
+    run_info = {  # the harness's results.json layout
         "dataset_dir": str(dataset),
+        "options": {
+            "framework": "onnxruntime",
+            "device": "cpu",
+            "model_path": "/models/ssd_resnet50.onnx",
+            "config_name": "demo",
+        },
     }
     perf = run_loadgen(scenario_dir / "performance" / "run_1", "performance")
     acc = run_loadgen(scenario_dir / "accuracy", "accuracy")
@@ -139,7 +142,9 @@ def mark_automotive_loadgen(results_dir: Path) -> None:
     """Add the settings only the automotive LoadGen logs to every detail log under ``results_dir``."""
     for detail in results_dir.rglob(checker.DETAIL_LOG):
         lines = detail.read_text().splitlines()
-        anchor = next(i for i, line in enumerate(lines) if '"effective_sample_concatenate_permutation"' in line)
+        anchor = next(
+            i for i, line in enumerate(lines) if '"effective_sample_concatenate_permutation"' in line
+        )
         record = json.loads(lines[anchor][len(":::MLLOG ") :])
         added = []
         for key in checker.AUTOMOTIVE_LOADGEN_KEYS:
@@ -161,36 +166,55 @@ def set_detail_value(detail: Path, key: str, value) -> None:
 
 
 _SESSION: dict[str, object] = {}
-"""Built once per session even when test_checker.py imports these fixtures too."""
+"""Built once per session, for these tests and test_checker.py's alike."""
+
+
+def session_pristine_results(factory: pytest.TempPathFactory) -> HarnessResults:
+    """Results exactly as the PyPI (inference) LoadGen wrote them."""
+    if "pristine" not in _SESSION:
+        _SESSION["pristine"] = build_results(factory.mktemp("harness"))
+    return _SESSION["pristine"]
+
+
+def session_automotive_results(factory: pytest.TempPathFactory) -> HarnessResults:
+    """The same results with the detail logs the automotive LoadGen would have written."""
+    if "automotive" not in _SESSION:
+        pristine = session_pristine_results(factory)
+        root = factory.mktemp("automotive")
+        shutil.copytree(pristine.results_dir, root / "results")
+        mark_automotive_loadgen(root / "results")
+        _SESSION["automotive"] = HarnessResults(root / "results", pristine.dataset_dir)
+    return _SESSION["automotive"]
+
+
+def session_closed_tree(factory: pytest.TempPathFactory) -> Path:
+    """A closed-division tree generated in test mode (shared: tests copy it before mutating)."""
+    if "closed" not in _SESSION:
+        results = session_automotive_results(factory)
+        _SESSION["closed"] = submission.generate_submission(
+            results.results_dir,
+            factory.mktemp("closed") / "submission",
+            SUBMITTER,
+            "closed",
+            SYSTEM,
+            allow_test_mode=True,
+        )
+    return _SESSION["closed"]
 
 
 @pytest.fixture(scope="session")
 def pristine_results(tmp_path_factory) -> HarnessResults:
-    """Results exactly as the PyPI (inference) LoadGen wrote them."""
-    if "pristine" not in _SESSION:
-        _SESSION["pristine"] = build_results(tmp_path_factory.mktemp("harness"))
-    return _SESSION["pristine"]
+    return session_pristine_results(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def automotive_results(pristine_results, tmp_path_factory) -> HarnessResults:
-    if "automotive" not in _SESSION:
-        root = tmp_path_factory.mktemp("automotive")
-        shutil.copytree(pristine_results.results_dir, root / "results")
-        mark_automotive_loadgen(root / "results")
-        _SESSION["automotive"] = HarnessResults(root / "results", pristine_results.dataset_dir)
-    return _SESSION["automotive"]
+def automotive_results(tmp_path_factory) -> HarnessResults:
+    return session_automotive_results(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def closed_tree(automotive_results, tmp_path_factory) -> Path:
-    """A closed-division tree generated in test mode (shared: tests copy it before mutating)."""
-    if "closed" not in _SESSION:
-        root = tmp_path_factory.mktemp("closed") / "submission"
-        _SESSION["closed"] = submission.generate_submission(
-            automotive_results.results_dir, root, SUBMITTER, "closed", SYSTEM, allow_test_mode=True
-        )
-    return _SESSION["closed"]
+def closed_tree(tmp_path_factory) -> Path:
+    return session_closed_tree(tmp_path_factory)
 
 
 def copy_results(results: HarnessResults, tmp_path: Path) -> HarnessResults:
@@ -327,7 +351,9 @@ def test_missing_system_description_is_an_error(pristine_results, tmp_path):
 
 def test_a_failing_tree_raises_with_the_checker_errors(pristine_results, tmp_path):
     with pytest.raises(submission.SubmissionCheckError) as error:
-        submission.generate_submission(pristine_results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM)
+        submission.generate_submission(
+            pristine_results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM
+        )
     rules_hit = {e.rule for e in error.value.errors}
     assert rules_hit <= set(checker.TEST_MODE_RELAXED_RULES) and "result-valid" in rules_hit
 
@@ -358,7 +384,9 @@ def _verify(tmp_path, reference_ns, test_ns, pristine_results):
 def test_test01_performance_tolerance(tmp_path, pristine_results, reference_ns, test_ns, passed):
     verdict = _verify(tmp_path, reference_ns, test_ns, pristine_results)
     assert verdict.passed is passed
-    assert verdict.text.rstrip().splitlines()[-1] == ("TEST PASS" if passed else "TEST FAIL: Test score invalid")
+    assert verdict.text.rstrip().splitlines()[-1] == (
+        "TEST PASS" if passed else "TEST FAIL: Test score invalid"
+    )
     assert f"reference score = {reference_ns}" in verdict.text
 
 
@@ -437,7 +465,13 @@ def test_regenerating_replaces_the_system(automotive_results, closed_tree, tmp_p
     stale = scenario_out(tree) / "stale.txt"
     stale.write_text("from an earlier run")
     submission.generate_submission(
-        automotive_results.results_dir, tree, SUBMITTER, "closed", SYSTEM, status="hardened", allow_test_mode=True
+        automotive_results.results_dir,
+        tree,
+        SUBMITTER,
+        "closed",
+        SYSTEM,
+        status="hardened",
+        allow_test_mode=True,
     )
     assert not stale.exists()
     system = json.loads((tree / "closed" / SUBMITTER / "systems" / f"{SYSTEM}.json").read_text())
@@ -495,6 +529,57 @@ def test_cli(automotive_results, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "tarball:" in out and (tmp_path / "sub.tar.gz").is_file()
-    assert submission.main(["--results_dir", str(tmp_path / "nowhere"), "--submission_dir", str(tmp_path / "x"),
-                            "--submitter", SUBMITTER, "--system_name", SYSTEM]) == 1
+    assert (
+        submission.main(
+            [
+                "--results_dir",
+                str(tmp_path / "nowhere"),
+                "--submission_dir",
+                str(tmp_path / "x"),
+                "--submitter",
+                SUBMITTER,
+                "--system_name",
+                SYSTEM,
+            ]
+        )
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_harness_run_makes_an_open_submission(tiny_dataset, demo_onnx_model, tmp_path):
+    """The real harness (demo ONNX model, tiny synthetic set) writes what the generator reads."""
+    from abtf_ssd import harness
+    from abtf_ssd.config import DEMO_CONFIG
+
+    results = tmp_path / "results"
+    audit = tmp_path / "audit.config"
+    audit.write_text(rules.audit_config_text("v0.5", "TEST01"))
+    for mode, audit_config in (("performance", None), ("accuracy", None), ("performance", audit)):
+        harness.run_benchmark(
+            harness.RunOptions(
+                dataset_dir=tiny_dataset.preprocessed,
+                model_path=demo_onnx_model,
+                config_name=DEMO_CONFIG,
+                mode=mode,
+                test_query_count=4,
+                threads=1,
+                results_dir=results,
+                system_name=SYSTEM,
+                audit_config=audit_config,
+                command="pytest",
+            )
+        )
+    sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
+    (runs,) = submission.find_scenarios(results, SYSTEM)
+    assert runs.test01 == results / SYSTEM / "ssd" / SCENARIO / "TEST01" / "performance" / "run_1"
+
+    tree = submission.generate_submission(
+        results, tmp_path / "sub", SUBMITTER, "open", SYSTEM, allow_test_mode=True
+    )
+    out = scenario_out(tree, "open")
+    measurements = json.loads((out / "measurements.json").read_text())
+    assert measurements["starting_weights_filename"] == demo_onnx_model.name
+    readme = (out / "README.md").read_text()
+    assert "| Model config | demo |" in readme and "| Framework | onnxruntime |" in readme
+    assert checker.check_submission(tree, allow_test_mode=True) == []

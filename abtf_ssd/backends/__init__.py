@@ -61,7 +61,9 @@ def check_batch(batch: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndar
     """``batch`` as C-contiguous float32 (B, 3, H, W); a wrong shape is a ValueError naming both."""
     batch = np.ascontiguousarray(batch, dtype=np.float32)
     if batch.ndim != 4 or batch.shape[1:] != tuple(input_shape):
-        raise ValueError(f"input batch has shape {batch.shape}, the model takes (B, {', '.join(map(str, input_shape))})")
+        raise ValueError(
+            f"input batch has shape {batch.shape}, the model takes (B, {', '.join(map(str, input_shape))})"
+        )
     return batch
 
 

@@ -86,7 +86,11 @@ class OnnxRuntimeBackend:
     """``predict`` through an ONNX Runtime session; see the module docstring."""
 
     def __init__(
-        self, model_path: str | Path, device: str = "cpu", threads: int | None = None, config_name: str | None = None
+        self,
+        model_path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        config_name: str | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         providers = providers_for(device)
@@ -160,7 +164,9 @@ class OnnxRuntimeBackend:
         """batch (B, 3, H, W) float32 -> (loc (B, 4, A), conf (B, C, A)) float32."""
         batch = check_batch(batch, self.input_shape)
         if self._batch_dim is not None and batch.shape[0] != self._batch_dim:
-            raise ValueError(f"{self.model_path}: the model takes batches of {self._batch_dim}, got {batch.shape[0]}")
+            raise ValueError(
+                f"{self.model_path}: the model takes batches of {self._batch_dim}, got {batch.shape[0]}"
+            )
         loc, conf = self.session.run(self._output_names, {self._input_name: batch})
         wanted_loc = (batch.shape[0], 4, self.config.num_anchors)
         wanted_conf = (batch.shape[0], self.config.num_classes, self.config.num_anchors)

@@ -33,7 +33,9 @@ def _torch_device(device: str) -> torch.device:
             "NVIDIA GPU and driver"
         )
     if index >= torch.cuda.device_count():
-        raise BackendError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise BackendError(
+            f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
     return torch.device("cuda", index)
 
 
@@ -65,7 +67,11 @@ class PyTorchBackend:
     """``predict`` through the PyTorch model; see the module docstring."""
 
     def __init__(
-        self, model_path: str | Path, device: str = "cpu", threads: int | None = None, config_name: str | None = None
+        self,
+        model_path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        config_name: str | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = _torch_device(device)

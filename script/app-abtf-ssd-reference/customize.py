@@ -4,6 +4,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 
 # RunOptions field -> (env key, converter). Only keys present in env are passed: the harness's
 # defaults apply to the rest.
@@ -45,27 +46,47 @@ def predeps(i):
 
 def preprocess(i):
     env = i["env"]
-    try:
-        from abtf_ssd.cli import run_arguments
-        from abtf_ssd.harness import RunOptions, output_dir, scenario_dir
+    with tempfile.TemporaryDirectory(prefix="abtf-audit-") as audit_dir:
+        try:
+            from abtf_ssd.cli import run_arguments
+            from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
 
-        options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
-        options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
-    except ImportError as e:
-        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e ."}
-    except (ValueError, OSError) as e:
-        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}"}
-    # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
-    command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
-    if subprocess.run(command, check=False).returncode != 0:
-        return {"return": 1, "error": f"app-abtf-ssd-reference: the {options.mode} run failed (see above)"}
-    kind = ("TEST01_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
+            options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
+            options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
+            test = env.get("MLC_ABTF_RUN_COMPLIANCE_TEST")
+            if test and options.audit_config is None:
+                audit_config = _official_audit_config(options.round, test, audit_dir)
+                options = dataclasses.replace(options, audit_config=audit_config)
+        except ImportError as e:
+            return {
+                "return": 1,
+                "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e .",
+            }
+        except (ValueError, OSError) as e:
+            return {"return": 1, "error": f"app-abtf-ssd-reference: {e}"}
+        # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
+        command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
+        if subprocess.run(command, check=False).returncode != 0:
+            return {
+                "return": 1,
+                "error": f"app-abtf-ssd-reference: the {options.mode} run failed (see above)",
+            }
+    kind = (f"{COMPLIANCE_TEST}_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
     env[f"MLC_ABTF_APP_{kind}_DIR"] = str(output_dir(options))
     env["MLC_ABTF_APP_SCENARIO_DIR"] = str(scenario_dir(options))
     env["MLC_ABTF_APP_RESULTS_DIR"] = str(options.results_dir)
     env["MLC_ABTF_APP_SYSTEM_NAME"] = options.system_name
     env["MLC_ABTF_APP_CONFIG"] = options.config_name
     return {"return": 0}
+
+
+def _official_audit_config(round, test, folder):
+    from abtf_ssd.rules import audit_config_text
+
+    path = os.path.join(folder, "audit.config")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(audit_config_text(round, test))
+    return path
 
 
 def _given_options(env):

@@ -12,8 +12,16 @@ def preprocess(i):
     model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
     try:
         if source == "mlc":
-            return _not_yet_downloadable()
-        if source == "local":
+            from abtf_ssd import download
+
+            path = download.fetch_model(
+                model_format,
+                os.getcwd(),
+                env["MLC_ABTF_DOWNLOAD_TOOL"],
+                dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
+                interactive=env.get("MLC_QUIET") != "yes",
+            )
+        elif source == "local":
             path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
         else:
             from abtf_ssd.cli import DEMO_WEIGHTS, export_model
@@ -52,12 +60,3 @@ def _int(value, flag):
         return int(str(value).strip())
     except ValueError:
         raise ValueError(f"{flag} must be an integer, got {value!r}") from None
-
-
-def _not_yet_downloadable():
-    return {
-        "return": 1,
-        "error": "get-ml-model-ssd-resnet50,_mlc: downloading the MLCommons checkpoint is not implemented yet "
-        "(it needs MLCommons membership and the abtf_ssd.download module). Use _synthetic (demo model), "
-        "_random (benchmark geometry, random weights) or _local.<path to .onnx/.pth>.",
-    }

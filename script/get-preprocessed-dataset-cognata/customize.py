@@ -17,7 +17,7 @@ def preprocess(i):
     source = env["MLC_ABTF_DATASET_SOURCE"]
     try:
         if source == "mlc":
-            return _not_yet_downloadable()
+            return _download(env, out_dir, split, prefix)
         from abtf_ssd import cognata, preprocess
 
         if source == "local":
@@ -58,10 +58,18 @@ def _int(value, flag):
         raise ValueError(f"{flag} must be an integer, got {value!r}") from None
 
 
-def _not_yet_downloadable():
-    return {
-        "return": 1,
-        "error": "get-preprocessed-dataset-cognata,_mlc: downloading the MLCommons preprocessed set is not "
-        "implemented yet (it needs MLCommons membership and the abtf_ssd.download module). Use _synthetic, "
-        "or preprocess raw frames you have with _local --raw_path=<folder>.",
-    }
+def _download(env, out_dir, split, prefix):
+    """The MLCommons preprocessed set of ``split`` (needs membership and a login)."""
+    from abtf_ssd import download
+
+    env["MLC_ABTF_DATASET_PATH"] = str(
+        download.fetch_dataset(
+            split,
+            out_dir,
+            env["MLC_ABTF_DOWNLOAD_TOOL"],
+            dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
+            interactive=env.get("MLC_QUIET") != "yes",
+        )
+    )
+    env["MLC_ABTF_DATASET_PREFIX"] = prefix
+    return {"return": 0}

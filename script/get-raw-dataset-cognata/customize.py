@@ -9,7 +9,7 @@ def preprocess(i):
     source = env["MLC_ABTF_RAW_DATASET_SOURCE"]
     try:
         if source == "mlc":
-            return _not_yet_downloadable()
+            return _download(env, out_root)
         from abtf_ssd import synth
 
         synth.generate(
@@ -25,7 +25,7 @@ def preprocess(i):
         env["MLC_ABTF_RAW_DATASET_CALIBRATION_CSV"] = os.path.join(out_root, synth.SPLIT_FILES["calibration"])
     except ImportError as e:
         return {"return": 1, "error": f"get-raw-dataset-cognata: {e}; install the package: pip install -e ."}
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         return {"return": 1, "error": f"get-raw-dataset-cognata: {e}"}
     env["MLC_ABTF_RAW_DATASET_PATH"] = out_root
     return {"return": 0}
@@ -39,10 +39,18 @@ def _int(env, key, flag):
         raise ValueError(f"{flag} must be an integer, got {value!r}") from None
 
 
-def _not_yet_downloadable():
-    return {
-        "return": 1,
-        "error": "get-raw-dataset-cognata,_mlc: downloading the real Cognata frames is not implemented yet "
-        "(it needs MLCommons membership and the abtf_ssd.download module). Use _synthetic, or fetch the "
-        "frames yourself and run get,preprocessed,dataset,cognata,_local --raw_path=<folder>.",
-    }
+def _download(env, out_root):
+    """The MLCommons raw recordings (needs membership and a login), with the official split CSVs."""
+    from abtf_ssd import cognata, download
+
+    root = download.fetch_dataset(
+        "raw",
+        out_root,
+        env["MLC_ABTF_DOWNLOAD_TOOL"],
+        dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
+        interactive=env.get("MLC_QUIET") != "yes",
+    )
+    env["MLC_ABTF_RAW_DATASET_PATH"] = str(root)
+    env["MLC_ABTF_RAW_DATASET_VAL_CSV"] = str(cognata.official_split("validation"))
+    env["MLC_ABTF_RAW_DATASET_CALIBRATION_CSV"] = str(cognata.official_split("calibration"))
+    return {"return": 0}

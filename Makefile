@@ -1,0 +1,55 @@
+# make demo   - venv, install, register the MLC scripts, run the synthetic end-to-end benchmark
+# make test   - install (fast when done), then the test suite
+# make bench  - the benchmarks in bench/
+# make lint   - ruff check and format check
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first and alone: the CPU wheel of this version lies on the machines' disk.
+TORCH_SPEC ?= torch==2.13.0
+# Our own MLC repos folder: mlcr never touches ~/MLC, and with this repo registered in it
+# nothing is pulled from GitHub.
+export MLC_REPOS ?= $(CURDIR)/.mlc
+INSTALLED := $(VENV)/.abtf-installed
+
+DEMO_TAGS := run-abtf-inference,reference,_v0.5,_synthetic,_performance-and-accuracy
+DEMO_ARGS := --model=ssd --device=cpu --framework=onnxruntime --scenario=SingleStream --quiet
+
+.PHONY: demo test install register bench lint format clean-mlc
+
+demo: register
+	$(BIN)/mlcr $(DEMO_TAGS) $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+install: $(INSTALLED)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# `mlc add repo` fails on a path that is already registered, so look first.
+register: install
+	@grep -qF '"$(CURDIR)"' "$(MLC_REPOS)/repos.json" 2>/dev/null || $(BIN)/mlc add repo "$(CURDIR)"
+
+bench: install
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python "$$script"; done
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Forget every cached model and dataset of this checkout (they are rebuilt on the next run).
+clean-mlc:
+	rm -rf "$(MLC_REPOS)"

@@ -1,0 +1,755 @@
+"""A memory-mapped sample store: one preprocessed split as one raw float32 file, read without copies.
+
+The official set is one ~100 MB pickle per sample; loading the 128 performance samples unpickles
+12.7 GB into private memory (and each pickle briefly twice). :func:`convert_pickles_to_store` reads
+the pickles once, with the safe loader :func:`abtf_ssd.preprocess.load_sample`, into a store folder::
+
+    store.json      manifest, written last: prefix, count, image_size, dtype, shape, config, ...
+    images.f32      raw float32 (count, 3, H, W), C order, no header
+    gt_boxes.npy    float32 (total_boxes, 7): every sample's ground truth, concatenated
+    gt_offsets.npy  int64 (count + 1,): sample i's rows are gt_boxes[offsets[i]:offsets[i + 1]]
+
+:class:`SampleStore` maps ``images.f32``; ``image(i)`` is a view into the mapping, so "loading" a
+sample is at most touching its pages, and the page cache is shared by every process that reads it.
+
+A conversion is resumable: the images file is preallocated under a ``.partial`` name, each sample is
+written at its offset, and ``convert.state.json`` records how many leading samples are complete
+(``filled``) only after their bytes are on disk. A rerun continues from ``filled``. ``store.json``
+appears only when every sample is in; without it the folder is refused.
+
+:func:`open_dataset` opens either a store or a pickle folder behind one interface (:class:`Dataset`)
+so that the LoadGen QSL and the accuracy script can use either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+import numpy as np
+from tqdm import tqdm
+
+from abtf_ssd import preprocess
+from abtf_ssd.cognata import GT_COLUMNS
+
+STORE_MANIFEST = "store.json"
+IMAGES_FILE = "images.f32"
+GT_BOXES_FILE = "gt_boxes.npy"
+GT_OFFSETS_FILE = "gt_offsets.npy"
+STORE_FORMAT = "abtf-ssd-sample-store"
+STORE_VERSION = 1
+DEFAULT_STORE_SUBDIR = "mmap"
+"""Where ``abtf-ssd preprocess --store mmap`` puts the store: a folder inside the pickle folder."""
+
+_PARTIAL_SUFFIX = ".partial"
+_STATE_FILE = "convert.state.json"
+_GT_ROWS_PARTIAL = "gt_boxes.f32.partial"
+_GT_COUNTS_PARTIAL = "gt_counts.i64.partial"
+_LOCK_FILE = "convert.lock"
+
+_DTYPE = np.dtype(np.float32)
+_CHANNELS = 3
+_PAGE = mmap.PAGESIZE
+_SAMPLE_FILE = re.compile(r"([A-Za-z0-9-]+)_(\d+)\.pkl")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be written or read; the message names the file and what is wrong."""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What the QSL and the accuracy script need from a preprocessed split, pickles or store."""
+
+    prefix: str
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> np.ndarray:
+        """float32 (1, 3, H, W) network input of sample ``index``."""
+        ...
+
+    def gt_boxes(self, index: int) -> np.ndarray:
+        """float32 (N, 7) rows ``[x1, y1, x2, y2, label, 0, 0]`` in original pixels."""
+        ...
+
+    def load(self, indices: Iterable[int]) -> None:
+        """Make the images of ``indices`` ready in memory (LoadGen's LoadSamplesToRam)."""
+        ...
+
+    def unload(self, indices: Iterable[int]) -> None:
+        """Release what :meth:`load` holds for ``indices``."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a store
+
+
+class SampleStore:
+    """A finished store folder, memory-mapped read-only from the file's point of view.
+
+    The mapping is copy-on-write (``MAP_PRIVATE``): the arrays are writable for libraries that insist
+    (``torch.from_numpy`` warns on read-only ones), but a write stays in this process and never
+    reaches ``images.f32``.
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        manifest: dict[str, Any],
+        mapping: mmap.mmap,
+        gt_rows: np.ndarray,
+        offsets: np.ndarray,
+    ) -> None:
+        count, height, width = manifest["count"], *manifest["image_size"]
+        self.store_dir = store_dir
+        self.manifest = manifest
+        self.prefix: str = manifest["prefix"]
+        self.image_size: tuple[int, int] = tuple(manifest["image_size"])
+        self.config_name: str | None = manifest.get("config")
+        self._mapping = mapping
+        self._images = np.frombuffer(mapping, dtype=_DTYPE).reshape(count, _CHANNELS, height, width)
+        self._gt_rows = gt_rows
+        self._offsets = offsets
+        self.loaded: set[int] = set()
+
+    @classmethod
+    def open(cls, store_dir: str | Path) -> SampleStore:
+        """Map a store folder, checking the manifest against the files.
+
+        Raises:
+            StoreError: no ``store.json`` (unfinished or not a store), a manifest that is not this
+                format, an images file of the wrong size, ground-truth arrays that do not fit.
+        """
+        store_dir = Path(store_dir)
+        manifest = read_store_manifest(store_dir)
+        count = manifest["count"]
+        height, width = manifest["image_size"]
+        images_path = store_dir / manifest["images"]
+        expected = count * _CHANNELS * height * width * _DTYPE.itemsize
+        try:
+            size = images_path.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(
+                f"{images_path} does not exist ({store_dir / STORE_MANIFEST} names it)"
+            ) from None
+        if size != expected:
+            raise StoreError(
+                f"{images_path}: {size} bytes, but {STORE_MANIFEST} describes {count} float32 images of "
+                f"3x{height}x{width} = {expected} bytes ({'truncated' if size < expected else 'too long'})"
+            )
+        with images_path.open("rb") as f:
+            mapping = mmap.mmap(f.fileno(), expected, access=mmap.ACCESS_COPY)
+        gt_rows, offsets = _read_ground_truth(store_dir, manifest)
+        return cls(store_dir, manifest, mapping, gt_rows, offsets)
+
+    def __len__(self) -> int:
+        return self._images.shape[0]
+
+    def __repr__(self) -> str:
+        height, width = self.image_size
+        return f"SampleStore({str(self.store_dir)!r}, {len(self)} x 3x{height}x{width} {self.prefix!r})"
+
+    def _check(self, index: int) -> int:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.store_dir}: sample {index} out of range 0..{len(self) - 1}")
+        return index
+
+    def image(self, index: int) -> np.ndarray:
+        """float32 (1, 3, H, W) view into the mapping; no copy."""
+        index = self._check(index)
+        return self._images[index : index + 1]
+
+    def gt_boxes(self, index: int) -> np.ndarray:
+        """float32 (N, 7) view of the sample's ground-truth rows."""
+        index = self._check(index)
+        return self._gt_rows[self._offsets[index] : self._offsets[index + 1]]
+
+    def load(self, indices: Iterable[int], touch: bool = True) -> None:
+        """Bring the images of ``indices`` into the page cache and this process's page tables.
+
+        ``touch=False`` only records them: the first inference on a sample then pays its page faults
+        (and, on a cold cache, the disk read) inside the timed query.
+        """
+        for index in indices:
+            index = self._check(index)
+            if touch:
+                _prefetch(self._mapping, self._images[index], index * self._images[0].nbytes)
+            self.loaded.add(index)
+
+    def unload(self, indices: Iterable[int]) -> None:
+        """Forget ``indices``; the kernel reclaims the clean pages when it needs the memory."""
+        for index in indices:
+            self.loaded.discard(int(index))
+
+
+def read_store_manifest(store_dir: str | Path) -> dict[str, Any]:
+    """The ``store.json`` of a finished store, checked for the fields the reader relies on."""
+    store_dir = Path(store_dir)
+    path = store_dir / STORE_MANIFEST
+    if not path.is_file():
+        hint = ""
+        if (store_dir / _STATE_FILE).is_file():
+            hint = " (a conversion into it is unfinished: rerun convert_pickles_to_store to complete it)"
+        raise StoreError(f"{path} does not exist: {store_dir} is not a finished sample store{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        raise StoreError(f"{path}: not a sample store manifest (no 'format': {STORE_FORMAT!r})")
+    if manifest.get("version") != STORE_VERSION:
+        raise StoreError(
+            f"{path}: store version {manifest.get('version')!r}, this reader knows {STORE_VERSION}"
+        )
+    count, size = manifest.get("count"), manifest.get("image_size")
+    valid = (
+        isinstance(count, int)
+        and count > 0
+        and isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(n, int) and n > 0 for n in size)
+        and manifest.get("dtype") == _DTYPE.name
+        and manifest.get("shape") == [count, _CHANNELS, *size]
+        and isinstance(manifest.get("prefix"), str)
+        and all(_plain_name(manifest.get(key)) for key in ("images", "gt_boxes", "gt_offsets"))
+    )
+    if not valid:
+        raise StoreError(
+            f"{path}: inconsistent manifest (count {count!r}, image_size {size!r}, dtype "
+            f"{manifest.get('dtype')!r}, shape {manifest.get('shape')!r}, prefix {manifest.get('prefix')!r}, "
+            f"files {[manifest.get(key) for key in ('images', 'gt_boxes', 'gt_offsets')]!r})"
+        )
+    return manifest
+
+
+def _plain_name(name: Any) -> bool:
+    """A file name inside the store folder: no separators, not '.' or '..'."""
+    return (
+        isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    )
+
+
+def _read_ground_truth(store_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    rows_path, offsets_path = store_dir / manifest["gt_boxes"], store_dir / manifest["gt_offsets"]
+    rows, offsets = _load_npy(rows_path), _load_npy(offsets_path)
+    if rows.dtype != _DTYPE or rows.ndim != 2 or rows.shape[1] != GT_COLUMNS:
+        raise StoreError(f"{rows_path}: expected float32 (N, {GT_COLUMNS}), found {rows.dtype} {rows.shape}")
+    count = manifest["count"]
+    if offsets.dtype != np.int64 or offsets.shape != (count + 1,):
+        raise StoreError(
+            f"{offsets_path}: expected int64 ({count + 1},), found {offsets.dtype} {offsets.shape}"
+        )
+    if offsets[0] != 0 or offsets[-1] != len(rows) or np.any(np.diff(offsets) < 0):
+        raise StoreError(
+            f"{offsets_path}: offsets must rise from 0 to {len(rows)} (the rows of {rows_path.name}), "
+            f"found {offsets[0]} .. {offsets[-1]}"
+        )
+    return rows, offsets
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path} does not exist") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise StoreError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _prefetch(mapping: mmap.mmap, image: np.ndarray, offset: int) -> None:
+    """Read a mapped image (starting ``offset`` bytes into ``mapping``) into memory: ask the kernel for
+    all of it at once (one large read-ahead instead of a small one per fault), then fault in every
+    page by reading one float from each."""
+    if hasattr(mmap, "MADV_WILLNEED"):
+        aligned = offset - offset % _PAGE
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_WILLNEED, aligned, image.nbytes + offset - aligned)
+    np.add.reduce(image.reshape(-1)[:: _PAGE // _DTYPE.itemsize])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading pickles through the same interface
+
+
+class PickleDataset:
+    """A folder of ``<prefix>_<i>.pkl``: :meth:`load` unpickles into memory, as the reference QSL does.
+
+    ``image`` of a sample that is not loaded reads it from disk without keeping it. Ground truth is
+    small and kept once read.
+    """
+
+    def __init__(
+        self, folder: str | Path, prefix: str | None = None, image_size: tuple[int, int] | None = None
+    ):
+        self.folder = Path(folder)
+        source = _describe_pickles(self.folder, prefix)
+        self.prefix: str = source["prefix"]
+        self.count: int = source["count"]
+        self.manifest: dict[str, Any] | None = source["manifest"]
+        self.image_size = tuple(image_size) if image_size is not None else source["image_size"]
+        self.images: dict[int, np.ndarray] = {}
+        self._gt_boxes: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"PickleDataset({str(self.folder)!r}, {self.count} x {self.prefix!r})"
+
+    def path(self, index: int) -> Path:
+        return self.folder / preprocess.sample_name(self.prefix, index)
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        if not 0 <= index < self.count:
+            raise IndexError(f"{self.folder}: sample {index} out of range 0..{self.count - 1}")
+        sample = preprocess.load_sample(self.path(index), self.image_size)
+        self._gt_boxes[index] = sample["gt_boxes"]
+        return sample
+
+    def image(self, index: int) -> np.ndarray:
+        cached = self.images.get(int(index))
+        return cached if cached is not None else self._read(index)["img"]
+
+    def gt_boxes(self, index: int) -> np.ndarray:
+        cached = self._gt_boxes.get(int(index))
+        return cached if cached is not None else self._read(index)["gt_boxes"]
+
+    def load(self, indices: Iterable[int]) -> None:
+        """Unpickle each sample into memory; stops at the first bad one (the message names its file)."""
+        for index in indices:
+            if int(index) not in self.images:
+                self.images[int(index)] = self._read(index)["img"]
+
+    def unload(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            self.images.pop(int(index), None)
+
+
+def open_dataset(
+    path: str | Path, prefix: str | None = None, image_size: tuple[int, int] | None = None
+) -> SampleStore | PickleDataset:
+    """A store folder as :class:`SampleStore`, a pickle folder as :class:`PickleDataset`.
+
+    A folder is a store when it has ``store.json`` or any file a conversion writes (an unfinished or
+    damaged store is then refused, not read as pickles).
+
+    Args:
+        path: the folder.
+        prefix: the sample prefix expected (``"val"``, ``"calib"``); None accepts the folder's.
+        image_size: (H, W) the images must have; None accepts the folder's.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder.
+        StoreError: an unfinished or damaged store, or a prefix / image size other than expected.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    if _looks_like_store(path):
+        dataset: SampleStore | PickleDataset = SampleStore.open(path)
+    else:
+        dataset = PickleDataset(path, prefix, image_size)
+    if prefix is not None and dataset.prefix != prefix:
+        raise StoreError(f"{path}: holds {dataset.prefix!r} samples, expected {prefix!r}")
+    if (
+        image_size is not None
+        and isinstance(dataset, SampleStore)
+        and dataset.image_size != tuple(image_size)
+    ):
+        raise StoreError(f"{path}: images are {dataset.image_size} pixels, expected {tuple(image_size)}")
+    return dataset
+
+
+def _looks_like_store(folder: Path) -> bool:
+    markers = (STORE_MANIFEST, _STATE_FILE, IMAGES_FILE, IMAGES_FILE + _PARTIAL_SUFFIX)
+    return any((folder / name).exists() for name in markers)
+
+
+def _describe_pickles(folder: Path, prefix: str | None) -> dict[str, Any]:
+    """prefix, count, image_size (or None), config, split checksum and manifest of a pickle folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pickle folder {folder} does not exist")
+    try:
+        manifest = preprocess.read_manifest(folder)
+    except preprocess.PreprocessError as e:
+        raise StoreError(str(e)) from None
+    if manifest is None and (folder / preprocess.PARTIAL_MANIFEST_NAME).is_file():
+        raise StoreError(
+            f"{folder / preprocess.PARTIAL_MANIFEST_NAME}: preprocessing into {folder} is unfinished; "
+            "rerun it before using the samples"
+        )
+    if manifest is not None:
+        if prefix is not None and manifest.get("prefix") != prefix:
+            raise StoreError(
+                f"{folder / preprocess.MANIFEST_NAME}: holds {manifest.get('prefix')!r} samples, "
+                f"expected {prefix!r}"
+            )
+        size = manifest.get("image_size")
+        return {
+            "prefix": manifest["prefix"],
+            "count": manifest["count"],
+            "image_size": tuple(size) if size else None,
+            "manifest": manifest,
+        }
+    numbers: dict[str, list[int]] = {}
+    for entry in folder.iterdir():
+        match = _SAMPLE_FILE.fullmatch(entry.name)
+        if match:
+            numbers.setdefault(match.group(1), []).append(int(match.group(2)))
+    if prefix is None:
+        if len(numbers) != 1:
+            found = ", ".join(sorted(numbers)) or "none"
+            raise StoreError(
+                f"{folder}: cannot tell the sample prefix (prefixes found: {found}); pass prefix="
+            )
+        prefix = next(iter(numbers))
+    indices = sorted(numbers.get(prefix, []))
+    if not indices:
+        raise StoreError(f"{folder}: no {preprocess.sample_name(prefix, 0)} ... sample files")
+    if indices[-1] != len(indices) - 1:
+        missing = next(i for i, found in enumerate(indices) if i != found)
+        raise StoreError(
+            f"{folder}: {preprocess.sample_name(prefix, missing)} is missing "
+            f"({len(indices)} files numbered up to {indices[-1]})"
+        )
+    return {"prefix": prefix, "count": len(indices), "image_size": None, "manifest": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+def default_store_dir(pickle_dir: str | Path) -> Path:
+    """The store folder ``abtf-ssd preprocess --store mmap`` uses for a pickle folder."""
+    return Path(pickle_dir) / DEFAULT_STORE_SUBDIR
+
+
+def convert_pickles_to_store(
+    pickle_dir: str | Path,
+    store_dir: str | Path,
+    workers: int = 1,
+    prefix: str | None = None,
+    count: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Convert a pickle folder (made by ``build_preprocessed`` or the official download) into a store.
+
+    Args:
+        pickle_dir: ``<prefix>_<i>.pkl`` files, with or without ``dataset.json``.
+        store_dir: created if needed; holds one store.
+        workers: processes reading pickles; the store's bytes do not depend on it.
+        prefix: sample prefix; None takes the manifest's, or the only one among the files.
+        count: the first ``count`` samples; None for all.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``store_dir``. A rerun after an interruption continues where the last one stopped; a rerun on a
+        finished store of the same source returns at once.
+
+    Raises:
+        StoreError: a folder holding another store, too little disk space, an unfinished pickle set.
+        preprocess.SampleFormatError, preprocess.UnsafePickleError: a bad pickle (named).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    pickle_dir, store_dir = Path(pickle_dir), Path(store_dir)
+    source = _describe_pickles(pickle_dir, prefix)
+    available = source["count"]
+    if count is None:
+        count = available
+    if not 0 < count <= available:
+        raise ValueError(f"count {count} must be in 1..{available} ({pickle_dir} has {available} samples)")
+    image_size = source["image_size"]
+    if image_size is None:  # an official download: no manifest, the first sample tells the size
+        first = preprocess.load_sample(pickle_dir / preprocess.sample_name(source["prefix"], 0))
+        image_size = tuple(first["img"].shape[2:])
+        del first
+    manifest = source["manifest"] or {}
+    identity = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "source": str(pickle_dir.resolve()),
+        "prefix": source["prefix"],
+        "count": count,
+        "image_size": [int(n) for n in image_size],
+        "dtype": _DTYPE.name,
+        "shape": [count, _CHANNELS, *(int(n) for n in image_size)],
+        "config": manifest.get("config"),
+        "split_csv": manifest.get("split_csv"),
+        "split_csv_sha256": manifest.get("split_csv_sha256"),
+    }
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(store_dir):
+        if (store_dir / STORE_MANIFEST).is_file():
+            _check_same_store(store_dir / STORE_MANIFEST, identity)
+            return store_dir
+        filled, gt_rows = _resume(store_dir, identity)
+        _fill(pickle_dir, store_dir, identity, filled, gt_rows, workers, progress)
+        _finish(store_dir, identity)
+    return store_dir
+
+
+def _sample_bytes(identity: dict[str, Any]) -> int:
+    height, width = identity["image_size"]
+    return _CHANNELS * height * width * _DTYPE.itemsize
+
+
+def _check_same_store(path: Path, identity: dict[str, Any]) -> None:
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: not valid JSON ({e}); delete {path.parent} to start over") from None
+    differs = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
+    if differs:
+        raise StoreError(
+            f"{path.parent} holds another store ({path.name}: recorded vs requested {differs}); "
+            "use another folder or empty this one"
+        )
+
+
+def _resume(store_dir: Path, identity: dict[str, Any]) -> tuple[int, int]:
+    """(filled, gt_rows) to continue from, after making the partial files agree with them."""
+    state_path = store_dir / _STATE_FILE
+    images = store_dir / (IMAGES_FILE + _PARTIAL_SUFFIX)
+    rows_path, counts_path = store_dir / _GT_ROWS_PARTIAL, store_dir / _GT_COUNTS_PARTIAL
+    filled, gt_rows = 0, 0
+    if state_path.is_file():
+        _check_same_store(state_path, identity)
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        filled, gt_rows = int(state["filled"]), int(state["gt_rows"])
+    elif (store_dir / IMAGES_FILE).exists() or images.exists():
+        raise StoreError(
+            f"{store_dir} holds image data but neither {STORE_MANIFEST} nor {_STATE_FILE}; "
+            "use another folder or empty this one"
+        )
+    row_bytes, count_bytes = gt_rows * GT_COLUMNS * _DTYPE.itemsize, filled * 8
+    expected_images = identity["count"] * _sample_bytes(identity)
+    images_in_place = _size(images) == expected_images or (
+        filled == identity["count"]
+        and _size(store_dir / IMAGES_FILE) == expected_images  # renamed by _finish
+    )
+    consistent = (
+        filled > 0 and _size(rows_path) >= row_bytes and _size(counts_path) >= count_bytes and images_in_place
+    )
+    if not consistent:  # nothing committed yet, or partial files lost: start over
+        filled, gt_rows, row_bytes, count_bytes = 0, 0, 0, 0
+        # The state comes first: a crash while preallocating leaves a folder a rerun recognises.
+        _write_json(state_path, {**identity, "filled": 0, "gt_rows": 0})
+        (store_dir / IMAGES_FILE).unlink(missing_ok=True)
+        _preallocate(images, expected_images)
+    # Bytes past the committed ones belong to a sample whose commit never happened.
+    for path, keep in ((rows_path, row_bytes), (counts_path, count_bytes)):
+        with path.open("ab") as f:
+            f.truncate(keep)
+    return filled, gt_rows
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _preallocate(path: Path, size: int) -> None:
+    free = shutil.disk_usage(path.parent).free + max(_size(path), 0)
+    if free < size:
+        raise StoreError(
+            f"{path}: the store needs {size} bytes ({size / 1e9:.1f} GB) but only {free} bytes "
+            f"({free / 1e9:.1f} GB) are free in {path.parent}"
+        )
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):
+            # Reserve the blocks now so that a full disk fails here, not halfway through.
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+_Task = tuple[int, str, str, int, tuple[int, int]]
+"""(index, pickle path, images file, byte offset, image_size): plain values that pickle to a worker."""
+
+
+def _convert_one(task: _Task) -> tuple[int, np.ndarray]:
+    """Worker entry point (top level, spawn-safe): copy one sample's image into the images file at its
+    offset; return the index and its ground truth for the parent to commit in order."""
+    index, pickle_path, images_path, offset, image_size = task
+    sample = preprocess.load_sample(pickle_path, image_size)
+    image = np.ascontiguousarray(sample["img"])
+    fd = os.open(images_path, os.O_WRONLY)
+    try:
+        _pwrite_all(fd, memoryview(image).cast("B"), offset)
+    finally:
+        os.close(fd)
+    return index, sample["gt_boxes"]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def _fill(
+    pickle_dir: Path,
+    store_dir: Path,
+    identity: dict[str, Any],
+    filled: int,
+    gt_rows: int,
+    workers: int,
+    progress: bool,
+) -> None:
+    """Convert samples ``filled .. count - 1``, committing each in index order."""
+    count, prefix = identity["count"], identity["prefix"]
+    if filled >= count:
+        return
+    images = store_dir / (IMAGES_FILE + _PARTIAL_SUFFIX)
+    sample_bytes, image_size = _sample_bytes(identity), tuple(identity["image_size"])
+    tasks: list[_Task] = [
+        (i, str(pickle_dir / preprocess.sample_name(prefix, i)), str(images), i * sample_bytes, image_size)
+        for i in range(filled, count)
+    ]
+    state_path = store_dir / _STATE_FILE
+    images_fd = os.open(images, os.O_RDWR)
+    try:
+        with (
+            (store_dir / _GT_ROWS_PARTIAL).open("ab") as rows_file,
+            (store_dir / _GT_COUNTS_PARTIAL).open("ab") as counts_file,
+            tqdm(
+                total=count, initial=filled, desc=f"store {prefix}", unit="sample", disable=not progress
+            ) as bar,
+            _results(tasks, workers) as results,
+        ):
+            for index, gt_boxes in results:
+                # Commit order: image bytes, then ground truth, then the state that counts them.
+                os.fsync(images_fd)
+                _append(rows_file, gt_boxes.astype(_DTYPE, copy=False))
+                _append(counts_file, np.array([len(gt_boxes)], dtype=np.int64))
+                filled, gt_rows = index + 1, gt_rows + len(gt_boxes)
+                _write_json(state_path, {**identity, "filled": filled, "gt_rows": gt_rows})
+                bar.update()
+    finally:
+        os.close(images_fd)
+
+
+@contextlib.contextmanager
+def _results(tasks: list[_Task], workers: int) -> Iterator[Iterator[tuple[int, np.ndarray]]]:
+    """Converted samples in index order: inline for one worker, from a spawned pool otherwise."""
+    workers = min(workers, len(tasks))
+    if workers == 1:
+        yield (_convert_one(task) for task in tasks)
+        return
+    # spawn: workers start clean, without inherited threads (tqdm's monitor, BLAS pools).
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield pool.imap(_convert_one, tasks, chunksize=1)
+
+
+def _append(f: BinaryIO, array: np.ndarray) -> None:
+    f.write(np.ascontiguousarray(array).tobytes())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _finish(store_dir: Path, identity: dict[str, Any]) -> None:
+    """Turn the complete partial files into the store; ``store.json`` last. Safe to rerun."""
+    count = identity["count"]
+    counts = np.fromfile(store_dir / _GT_COUNTS_PARTIAL, dtype=np.int64)
+    rows = np.fromfile(store_dir / _GT_ROWS_PARTIAL, dtype=_DTYPE).reshape(-1, GT_COLUMNS)
+    if counts.shape != (count,) or counts.sum() != len(rows):
+        raise StoreError(
+            f"{store_dir}: partial ground truth disagrees ({len(counts)} counts, {len(rows)} rows for "
+            f"{count} samples); delete {store_dir} to start over"
+        )
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    _save_npy(store_dir / GT_BOXES_FILE, rows)
+    _save_npy(store_dir / GT_OFFSETS_FILE, offsets)
+    partial_images = store_dir / (IMAGES_FILE + _PARTIAL_SUFFIX)
+    if partial_images.exists():
+        os.replace(partial_images, store_dir / IMAGES_FILE)
+        _fsync_dir(store_dir)
+    manifest = {
+        **identity,
+        "images": IMAGES_FILE,
+        "gt_boxes": GT_BOXES_FILE,
+        "gt_offsets": GT_OFFSETS_FILE,
+        "gt_rows": int(len(rows)),
+    }
+    _write_json(store_dir / STORE_MANIFEST, manifest)
+    for name in (_STATE_FILE, _GT_ROWS_PARTIAL, _GT_COUNTS_PARTIAL):
+        (store_dir / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic small files
+
+
+@contextlib.contextmanager
+def _atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with _atomic_writer(path) as f:
+        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with _atomic_writer(path) as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(store_dir: Path) -> Iterator[None]:
+    """One conversion per store folder at a time."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    path = store_dir / _LOCK_FILE
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{store_dir}: another conversion holds {path}") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

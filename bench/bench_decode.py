@@ -1,0 +1,90 @@
+"""Decode + NMS time per 8-megapixel frame: ``decode_batch`` vs the plain reference loop.
+
+Head outputs of the benchmark config (776 740 anchors) come in two kinds: random standard-normal
+logits (dense: every class has hundreds of thousands of probabilities above 0.05, the reference
+loop's worst case) and sparse "trained-like" logits (background nearly everywhere, a few
+confident clusters). Both decoders run on the same frames; their results are checked equal, and
+the milliseconds per frame and the ratio are printed.
+
+    .venv/bin/python bench/bench_decode.py [--frames 3] [--repeats 5] [--config NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from abtf_ssd.boxes import decode_batch, decode_reference_loop, default_boxes
+from abtf_ssd.config import BENCHMARK_CONFIG, get_config
+
+
+def random_outputs(num_anchors: int, num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of standard-normal head outputs: loc (1, 4, A), conf (1, C, A)."""
+    loc = rng.standard_normal((1, 4, num_anchors), dtype=np.float32)
+    conf = rng.standard_normal((1, num_classes, num_anchors), dtype=np.float32)
+    return loc, conf
+
+
+def sparse_outputs(
+    anchors_xywh: np.ndarray, num_classes: int, rng: np.random.Generator, objects: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """One frame with the background confident everywhere except ``objects`` clusters of anchors whose
+    centres fall in a random box, each cluster confident for one class."""
+    count = len(anchors_xywh)
+    loc = rng.normal(0.0, 0.5, (1, 4, count)).astype(np.float32)
+    conf = rng.normal(-2.0, 1.0, (1, num_classes, count)).astype(np.float32)
+    conf[0, 0] += 8.0
+    for _ in range(objects):
+        size = rng.uniform(0.01, 0.2, 2)
+        corner = rng.uniform(0.0, 1.0 - size)
+        centres = anchors_xywh[:, :2]
+        inside = np.flatnonzero(np.all((centres > corner) & (centres < corner + size), axis=1))
+        conf[0, rng.integers(1, num_classes), inside] = rng.normal(6.0, 2.0, len(inside))
+    return loc, conf
+
+
+def time_ms(decode, loc: np.ndarray, conf: np.ndarray, config_name: str, repeats: int) -> tuple[float, list]:
+    """Best wall time in milliseconds over ``repeats`` calls, and the last result."""
+    best = float("inf")
+    result = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = decode(loc, conf, config_name)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=3, help="frames of each kind")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of decode_batch per frame (best kept)")
+    parser.add_argument("--config", default=BENCHMARK_CONFIG)
+    args = parser.parse_args()
+
+    config = get_config(args.config)
+    anchors = default_boxes(config)
+    rng = np.random.default_rng(0)
+    print(f"config {config.name}: {config.num_anchors} anchors, {args.frames} frames a kind, ms per frame")
+    print(f"{'logits':10}{'frame':>6}{'rows':>6}{'reference loop':>16}{'decode_batch':>14}{'ratio':>8}")
+    for kind in ("random", "sparse"):
+        loop_times, fast_times = [], []
+        for frame in range(args.frames):
+            if kind == "random":
+                loc, conf = random_outputs(config.num_anchors, config.num_classes, rng)
+            else:
+                loc, conf = sparse_outputs(anchors, config.num_classes, rng)
+            loop_ms, expected = time_ms(decode_reference_loop, loc, conf, config.name, repeats=1)
+            fast_ms, result = time_ms(decode_batch, loc, conf, config.name, repeats=args.repeats)
+            if not np.array_equal(result[0], expected[0]):
+                raise SystemExit(f"{kind} frame {frame}: decode_batch differs from the reference loop")
+            loop_times.append(loop_ms)
+            fast_times.append(fast_ms)
+            print(f"{kind:10}{frame:>6}{len(result[0]):>6}{loop_ms:>16.1f}{fast_ms:>14.1f}{loop_ms / fast_ms:>7.0f}x")
+        loop_mean, fast_mean = float(np.mean(loop_times)), float(np.mean(fast_times))
+        print(f"{kind:10}{'mean':>6}{'':>6}{loop_mean:>16.1f}{fast_mean:>14.1f}{loop_mean / fast_mean:>7.0f}x")
+
+
+if __name__ == "__main__":
+    main()

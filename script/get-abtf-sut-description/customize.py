@@ -1,0 +1,19 @@
+"""MLC glue for get-abtf-sut-description: env -> abtf_ssd.sysinfo.write_sut_info (mlc-sut-info.json)."""
+
+import os
+
+
+def preprocess(i):
+    env = i["env"]
+    try:
+        from abtf_ssd.sysinfo import SUT_INFO_NAME, write_sut_info
+
+        path = env.get("MLC_ABTF_SUT_INFO_PATH") or os.path.join(os.getcwd(), SUT_INFO_NAME)
+        env["MLC_ABTF_SUT_INFO_PATH"] = str(
+            write_sut_info(path, env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"])
+        )
+    except ImportError as e:
+        return {"return": 1, "error": f"get-abtf-sut-description: {e}; install the package: pip install -e ."}
+    except OSError as e:
+        return {"return": 1, "error": f"get-abtf-sut-description: {e}"}
+    return {"return": 0}

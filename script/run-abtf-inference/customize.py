@@ -1,0 +1,115 @@
+"""MLC glue for run-abtf-inference: checks the request, then reports what the chained scripts ran.
+
+The work happens in the dependencies (meta.yaml): system description, model, dataset, the
+app runs (find-performance, performance, accuracy, TEST01), the accuracy script and, for
+``_submission``, generate-mlperf-submission-automotive. ``predeps``
+refuses impossible requests before any of them starts, so nothing is downloaded for a run that
+cannot happen; ``preprocess`` (after them) prints the results table.
+"""
+
+import os
+
+# App run folder exported by app-abtf-ssd-reference -> the mode shown in the table.
+_RUN_FOLDERS = {
+    "MLC_ABTF_APP_FIND_PERFORMANCE_DIR": "find-performance",
+    "MLC_ABTF_APP_PERFORMANCE_DIR": "performance",
+    "MLC_ABTF_APP_ACCURACY_DIR": "accuracy",
+    "MLC_ABTF_APP_TEST01_PERFORMANCE_DIR": "TEST01",
+}
+# --framework -> the format variation of get-ml-model-ssd-resnet50.
+_MODEL_FORMATS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
+_IMPLEMENTATIONS = ("reference",)
+_CATEGORIES = ("adas",)
+
+
+def predeps(i):
+    env = i["env"]
+    try:
+        from abtf_ssd import rules, sysinfo
+        from abtf_ssd.checker import DIVISIONS
+        from abtf_ssd.harness import RunOptions
+
+        problem = _request_problem(env, rules, sysinfo, DIVISIONS)
+        defaults = RunOptions(dataset_dir="")
+    except ImportError as e:
+        return {"return": 1, "error": f"run-abtf-inference: {e}; install the package: pip install -e ."}
+    if problem:
+        return {"return": 1, "error": f"run-abtf-inference: {problem}"}
+    if env.get("MLC_ABTF_RUN_DOCKER", "") not in ("", "no", "False", "false"):
+        print("run-abtf-inference: --docker is not implemented yet; running on this machine")
+    env["MLC_ABTF_RUN_MODEL_FORMAT"] = _MODEL_FORMATS[env["MLC_ABTF_RUN_FRAMEWORK"]]
+    env["MLC_ABTF_RUN_RESULTS_DIR"] = os.path.abspath(
+        env.get("MLC_ABTF_RUN_RESULTS_DIR") or defaults.results_dir
+    )
+    env.setdefault("MLC_ABTF_RUN_SYSTEM_NAME", defaults.system_name)
+    env["MLC_ABTF_SUT_INFO_PATH"] = os.path.join(
+        env["MLC_ABTF_RUN_RESULTS_DIR"], env["MLC_ABTF_RUN_SYSTEM_NAME"], sysinfo.SUT_INFO_NAME
+    )
+    valid = env.get("MLC_ABTF_RUN_EXECUTION_MODE") == "valid"
+    if (
+        valid
+        and env.get("MLC_ABTF_RUN_DO_PERFORMANCE") == "yes"
+        and not env.get("MLC_ABTF_RUN_TARGET_LATENCY")
+    ):
+        # A valid run lasts as planned only with a measured expected latency.
+        env["MLC_ABTF_RUN_DO_FIND_PERFORMANCE"] = "yes"
+    if env.get("MLC_ABTF_RUN_DO_SUBMISSION") == "yes":
+        # What generate-mlperf-submission-automotive needs from this run.
+        env["MLC_ABTF_SUBMISSION_RESULTS_DIR"] = env["MLC_ABTF_RUN_RESULTS_DIR"]
+        env["MLC_ABTF_SUBMISSION_SYSTEM_NAME"] = env["MLC_ABTF_RUN_SYSTEM_NAME"]
+        env["MLC_ABTF_SUBMISSION_SUT_INFO"] = env["MLC_ABTF_SUT_INFO_PATH"]
+        env["MLC_ABTF_SUBMISSION_VERSION"] = env["MLC_ABTF_RUN_ROUND"]
+        env["MLC_ABTF_SUBMISSION_TEST_MODE"] = "no" if valid else "yes"
+        if env["MLC_ABTF_SUBMISSION_DIVISION"] == "closed":
+            env["MLC_ABTF_RUN_DO_TEST01"] = "yes"
+    return {"return": 0}
+
+
+def _request_problem(env, rules, sysinfo, divisions):
+    """What makes this request impossible, or None."""
+    model = env["MLC_ABTF_RUN_MODEL"]
+    if model != rules.MODEL_NAME:
+        return f"--model={model} is not supported; supported models: {rules.MODEL_NAME}"
+    if env["MLC_ABTF_RUN_IMPLEMENTATION"] not in _IMPLEMENTATIONS:
+        return f"--implementation={env['MLC_ABTF_RUN_IMPLEMENTATION']}: only {', '.join(_IMPLEMENTATIONS)}"
+    if env["MLC_ABTF_RUN_CATEGORY"] not in _CATEGORIES:
+        return f"--category={env['MLC_ABTF_RUN_CATEGORY']}: MLPerf Automotive has one category: adas"
+    if env["MLC_ABTF_SUBMISSION_DIVISION"] not in divisions:
+        return f"--division={env['MLC_ABTF_SUBMISSION_DIVISION']}: use {' or '.join(divisions)}"
+    try:
+        rules.get_round(env["MLC_ABTF_RUN_ROUND"])
+        rules.loadgen_scenario(env["MLC_ABTF_RUN_SCENARIO"])
+    except ValueError as e:
+        return str(e)
+    return sysinfo.run_problem(
+        env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH")
+    )
+
+
+def preprocess(i):
+    env = i["env"]
+    try:
+        from abtf_ssd import report
+
+        summaries = [
+            report.summarize_run(
+                env[key],
+                env["MLC_ABTF_RUN_SCENARIO"],
+                mode,
+                map_value=float(env["MLC_ABTF_ACCURACY_MAP"]) if mode == "accuracy" else None,
+            )
+            for key, mode in _RUN_FOLDERS.items()
+            if env.get(key)
+        ]
+    except (ValueError, OSError, RuntimeError) as e:
+        return {"return": 1, "error": f"run-abtf-inference: {e}"}
+    print()
+    print(report.format_table(summaries))
+    print()
+    print(f"Results folder: {env['MLC_ABTF_APP_SCENARIO_DIR']}")
+    if env.get("MLC_ABTF_ACCURACY_TXT"):
+        print(f"Accuracy: {env['MLC_ABTF_ACCURACY_TXT']}")
+    if env.get("MLC_ABTF_RUN_DO_SUBMISSION") == "yes":
+        print(f"Submission: {env['MLC_ABTF_SUBMISSION_DIR']}")
+    env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_APP_SCENARIO_DIR"]
+    return {"return": 0}

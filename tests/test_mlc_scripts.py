@@ -1,0 +1,253 @@
+"""The MLC scripts through the real ``mlcr`` / ``mlc``, in an MLC repos folder of their own.
+
+Every documented command runs in its offline form (``_synthetic`` or ``_dry-run``); caching is
+checked through ``mlc search cache``; each script's ``tests:`` section runs with ``mlc test script``.
+HOME points at the temporary folder too, so no rclone login or ~/MLC of the user is ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCRIPTS = sorted(p.parent.name for p in (REPO / "script").glob("*/meta.yaml"))
+TINY_RAW = ("--frames=3", "--calibration_frames=2", "--width=128", "--height=72", "--workers=1")
+
+
+def mlc_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HOME=str(home), MLC_REPOS=str(home / "repos"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def register(env: dict[str, str], cwd: Path) -> None:
+    run_checked([str(BIN / "mlc"), "add", "repo", str(REPO)], env, cwd)
+
+
+def run_checked(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-6000:]}"
+    return output
+
+
+def mlcr(env: dict[str, str], cwd: Path, *args: str, ok: bool = True) -> str:
+    cmd = [str(BIN / "mlcr"), *args, "--quiet"]
+    if ok:
+        return run_checked(cmd, env, cwd)
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0, f"{' '.join(cmd)} should have failed:\n{proc.stdout + proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def cache_entries(env: dict[str, str], cwd: Path, tags: str) -> list[Path]:
+    """Finished (not ``tmp``) cache entries whose tags include ``tags``, via ``mlc search cache``."""
+    proc = subprocess.run(
+        [str(BIN / "mlc"), "search", "cache", f"--tags={tags},-tmp"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return sorted(Path(p) for p in re.findall(r"Item path: (\S+)", proc.stdout + proc.stderr))
+
+
+def exported(output: str, label: str) -> str:
+    """The value mlcr printed as ``* <label>: <value>`` (print_env_at_the_end)."""
+    found = re.findall(rf"\* {re.escape(label)}: (\S+)", output)
+    assert found, f"no '* {label}:' in the output:\n{output[-3000:]}"
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def mlc_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    home = tmp_path_factory.mktemp("mlc_home")
+    env = mlc_env(home)
+    register(env, home)
+    return env, home
+
+
+def test_every_script_has_meta_customize_readme_and_tests() -> None:
+    import yaml
+
+    assert len(SCRIPTS) >= 7, SCRIPTS
+    for name in SCRIPTS:
+        folder = REPO / "script" / name
+        meta = yaml.safe_load((folder / "meta.yaml").read_text())
+        assert meta["alias"] == name
+        assert re.fullmatch(r"[0-9a-f]{16}", meta["uid"]), name
+        assert meta["automation_alias"] == "script" and meta["automation_uid"] == "5b4e0237da074764"
+        assert isinstance(meta["tags"], list) and name in meta["tags"], name
+        assert meta.get("tests", {}).get("run_inputs"), f"{name}: no tests: section"
+        assert (folder / "customize.py").is_file() and (folder / "README.md").is_file(), name
+        assert not (folder / "run.sh").exists(), f"{name}: the work belongs in customize.py"
+    uids = [yaml.safe_load((REPO / "script" / n / "meta.yaml").read_text())["uid"] for n in SCRIPTS]
+    assert len(set(uids)) == len(uids)
+
+
+def test_cached_scripts_put_every_variation_in_a_group() -> None:
+    """A cache lookup matches any entry whose tags include the requested ones: an ungrouped
+    variation (other than the cache-free _dry-run) could pick up an entry made without it."""
+    import yaml
+
+    for name in SCRIPTS:
+        meta = yaml.safe_load((REPO / "script" / name / "meta.yaml").read_text())
+        if not meta.get("cache"):
+            continue
+        for variation, body in meta.get("variations", {}).items():
+            assert body.get("group") or body.get("cache") is False, f"{name}: _{variation} has no group"
+
+
+def test_registering_twice_through_make_is_harmless(tmp_path: Path) -> None:
+    env = mlc_env(tmp_path)
+    # -o: treat the install stamp as up to date; this test is about registration only.
+    make = ["make", "-s", "-C", str(REPO), "-o", str(REPO / ".venv" / ".abtf-installed"), "register"]
+    for _ in range(2):
+        run_checked(make, env, tmp_path)
+    repos = json.loads((tmp_path / "repos" / "repos.json").read_text())
+    assert [os.path.realpath(p) for p in repos].count(os.path.realpath(REPO)) == 1
+
+
+def test_synthetic_raw_dataset_is_cached_per_input(mlc_home: tuple[dict[str, str], Path]) -> None:
+    env, home = mlc_home
+    first = exported(mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *TINY_RAW), "Raw Cognata dataset")
+    assert (Path(first) / "val_set.csv").read_text().count("\n") == 4  # header + 3 frames
+    assert len(list(Path(first).glob("*/*_png/*.png"))) == 5  # 3 validation + 2 calibration
+
+    other_args = [a if not a.startswith("--frames") else "--frames=2" for a in TINY_RAW]
+    second = exported(mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *other_args), "Raw Cognata dataset")
+    assert second != first
+    entries = cache_entries(env, home, "get,raw,dataset,cognata,_synthetic")
+    assert {Path(first), Path(second)} <= set(entries)
+
+    again = mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *TINY_RAW)
+    assert exported(again, "Raw Cognata dataset") == first
+    assert "mlc-cached-state.json" in again  # loaded, not made
+    assert cache_entries(env, home, "get,raw,dataset,cognata,_synthetic") == entries
+
+
+def test_preprocessed_synthetic_to_outdirname(mlc_home: tuple[dict[str, str], Path]) -> None:
+    env, home = mlc_home
+    for split, prefix, count in (("validation", "val", 3), ("calibration", "calib", 2)):
+        out = home / f"pre_{split}"
+        output = mlcr(
+            env,
+            home,
+            f"get,preprocessed,dataset,cognata,_synthetic,_2d_obj_det,_{split}",
+            f"--outdirname={out}",
+            *TINY_RAW[:2],
+        )
+        assert exported(output, "Preprocessed Cognata dataset") == str(out)
+        assert sorted(p.name for p in out.glob("*.pkl")) == [f"{prefix}_{i}.pkl" for i in range(count)]
+        assert json.loads((out / "dataset.json").read_text())["config"] == "demo"
+    entries = cache_entries(env, home, "get,preprocessed,dataset,cognata")
+    assert len(entries) == 2
+
+
+def test_synthetic_models_onnx_and_pytorch(mlc_home: tuple[dict[str, str], Path]) -> None:
+    import onnx
+
+    env, home = mlc_home
+    onnx_path = Path(exported(mlcr(env, home, "get,ml-model,ssd,resnet50,_synthetic,_onnx"), "SSD-ResNet50 model"))
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    assert [o.name for o in model.graph.output] == ["bboxes", "scores"]
+
+    out = home / "model_pt"
+    output = mlcr(env, home, "get,ml-model,ssd,resnet50,_synthetic,_pytorch", f"--outdirname={out}")
+    assert Path(exported(output, "SSD-ResNet50 model")).parent == out
+    assert list(out.glob("*.pth"))
+    assert len(cache_entries(env, home, "get,ml-model,ssd,resnet50,_synthetic")) == 2
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ("get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx,_dry-run", "ssd_resnet50.onnx"),
+        ("get,ml-model,ssd,resnet50,_mlc,_rclone,_pytorch,_dry-run", "baseline_8MP_ss_scales_fm1_5x5_all_ep60.pth"),
+        ("get,ml-model,ssd,resnet50,_mlc,_r2-downloader,_onnx,_dry-run", "ssd_checkpoint_onnx.uri"),
+        ("get,preprocessed,dataset,cognata,_mlc,_2d_obj_det,_validation,_dry-run", "val_2d.tar.gz"),
+        ("get,preprocessed,dataset,cognata,_mlc,_2d_obj_det,_calibration,_dry-run", "calib_2d.tar.gz"),
+        ("get,raw,dataset,cognata,_mlc,_rclone,_dry-run", "mlc_cognata_dataset/unprocessed"),
+    ],
+)
+def test_real_downloads_dry_run(mlc_home: tuple[dict[str, str], Path], tags: str, expected: str) -> None:
+    env, home = mlc_home
+    out = home / "dry" / tags.split(",")[1]
+    output = mlcr(env, home, tags, f"--outdirname={out}")
+    assert expected in output
+    assert not [p for p in out.rglob("*") if p.name != ".mlc-log.txt"], "a dry run wrote files"
+    assert not cache_entries(env, home, tags.split(",_")[0] + ",_mlc")
+
+
+def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
+    env, home = mlc_home
+    output = mlcr(env, home, "get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx", f"--outdirname={home / 'real'}", ok=False)
+    assert "no login token" in output and "rclone" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model=resnet50",), "supported models: ssd"),
+        (("--framework=pytorch", "--model_path=/nonexistent/ssd.onnx"), "loads .pth or .pt models"),
+        (("--implementation=nvidia",), "only reference"),
+        (("--scenario=Sometimes",), "unknown scenario"),
+        (("--division=closedish",), "use closed or open"),
+    ],
+)
+def test_impossible_requests_fail_before_any_download(
+    mlc_home: tuple[dict[str, str], Path], args: tuple[str, ...], message: str
+) -> None:
+    env, home = mlc_home
+    before = cache_entries(env, home, "get")
+    output = mlcr(env, home, "run-abtf-inference,reference,_v0.5,_full", "--device=cpu", *args, ok=False)
+    assert message in output
+    assert cache_entries(env, home, "get") == before
+
+
+def test_cuda_without_gpu_fails_before_any_download(mlc_home: tuple[dict[str, str], Path]) -> None:
+    from abtf_ssd.sysinfo import device_problem
+
+    if device_problem("onnxruntime", "cuda") is None:
+        pytest.skip("this machine can run onnxruntime on CUDA")
+    env, home = mlc_home
+    output = mlcr(env, home, "run-abtf-inference,reference,_v0.5,_synthetic", "--device=cuda", ok=False)
+    assert "CUDAExecutionProvider" in output
+    assert not (home / "results").exists()
+
+
+def test_accuracy_script_on_a_harness_run(
+    mlc_home: tuple[dict[str, str], Path], tiny_dataset, demo_onnx_model: Path
+) -> None:
+    env, home = mlc_home
+    results = home / "acc_results"
+    run_checked(
+        [
+            sys.executable, "-m", "abtf_ssd.cli", "run", "--dataset-dir", str(tiny_dataset.preprocessed),
+            "--model-path", str(demo_onnx_model), "--config-name", "demo", "--mode", "accuracy",
+            "--test-query-count", "3", "--results-dir", str(results),
+        ],
+        env,
+        home,
+    )  # fmt: skip
+    run_dir = results / "default" / "ssd" / "SingleStream" / "accuracy"
+    (run_dir / "accuracy.txt").unlink()
+    output = mlcr(env, home, "process,mlperf,accuracy,_cognata_ssd", f"--result_dir={run_dir}")
+    first_line = (run_dir / "accuracy.txt").read_text().splitlines()[0]
+    assert re.fullmatch(r"mAP: [0-9.]+", first_line)
+    assert exported(output, "mAP") == first_line.split()[1]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_mlc_test_script(mlc_home: tuple[dict[str, str], Path], script: str) -> None:
+    env, home = mlc_home
+    run_checked([str(BIN / "mlc"), "test", "script", script, "--quiet"], env, home)
