@@ -119,6 +119,7 @@ class SampleStore:
         self.config_name: str | None = manifest.get("config")
         self._mapping = mapping
         self._images = np.frombuffer(mapping, dtype=_DTYPE).reshape(count, _CHANNELS, height, width)
+        self._sample_bytes = self._images[0].nbytes
         self._gt_rows = gt_rows
         self._offsets = offsets
         self.loaded: set[int] = set()
@@ -182,11 +183,14 @@ class SampleStore:
         ``touch=False`` only records them: the first inference on a sample then pays its page faults
         (and, on a cold cache, the disk read) inside the timed query.
         """
-        for index in indices:
-            index = self._check(index)
-            if touch:
-                _prefetch(self._mapping, self._images[index], index * self._images[0].nbytes)
-            self.loaded.add(index)
+        indices = [self._check(index) for index in indices]
+        if touch:
+            # Ask for every image first so that the disk reads overlap, then fault each one in.
+            for index in indices:
+                _advise_will_need(self._mapping, index * self._sample_bytes, self._sample_bytes)
+            for index in indices:
+                _touch_pages(self._images[index])
+        self.loaded.update(indices)
 
     def unload(self, indices: Iterable[int]) -> None:
         """Forget ``indices``; the kernel reclaims the clean pages when it needs the memory."""
@@ -268,14 +272,17 @@ def _load_npy(path: Path) -> np.ndarray:
         raise StoreError(f"{path}: not a readable .npy array ({e})") from None
 
 
-def _prefetch(mapping: mmap.mmap, image: np.ndarray, offset: int) -> None:
-    """Read a mapped image (starting ``offset`` bytes into ``mapping``) into memory: ask the kernel for
-    all of it at once (one large read-ahead instead of a small one per fault), then fault in every
-    page by reading one float from each."""
+def _advise_will_need(mapping: mmap.mmap, offset: int, length: int) -> None:
+    """Start reading a byte range of the mapping in the background: one large read-ahead instead of a
+    small one per page fault (a cold 8 MP image loads about twice as fast)."""
     if hasattr(mmap, "MADV_WILLNEED"):
         aligned = offset - offset % _PAGE
         with contextlib.suppress(OSError, ValueError):
-            mapping.madvise(mmap.MADV_WILLNEED, aligned, image.nbytes + offset - aligned)
+            mapping.madvise(mmap.MADV_WILLNEED, aligned, length + offset - aligned)
+
+
+def _touch_pages(image: np.ndarray) -> None:
+    """Fault in every page of a mapped image by reading one float from each (the sum is discarded)."""
     np.add.reduce(image.reshape(-1)[:: _PAGE // _DTYPE.itemsize])
 
 

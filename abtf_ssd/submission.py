@@ -774,9 +774,9 @@ def generate_submission(
         for runs in scenarios:
             if runs.test01 is None:
                 raise SubmissionError(
-                    f"{runs.performance.parent.parent / 'TEST01'}: the closed division needs the TEST01 "
-                    "compliance run (performance mode with the TEST01 audit.config); run it or submit to the "
-                    "open division"
+                    f"{runs.performance.parent.parent / COMPLIANCE_TEST}: the closed division needs the "
+                    "TEST01 compliance run (performance mode with the TEST01 audit.config); run it or submit "
+                    "to the open division"
                 )
 
     submission_dir.mkdir(parents=True, exist_ok=True)

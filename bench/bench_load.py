@@ -171,8 +171,7 @@ def measure(work: Path, samples: int) -> tuple[list[dict[str, Any]], list[str], 
             gigabytes("store cold", "peak_added_kb"),
             gigabytes("pickles cold", "peak_added_kb"),
             "GB",
-            target=1.0,
-            note="store pages count as resident but are shared, reclaimable page cache",
+            note="VmHWM counts the mapped store pages too, though they are shared, reclaimable page cache",
         ),
         make_row(
             f"private (anonymous) memory after loading ({projected})",
@@ -193,9 +192,10 @@ def measure(work: Path, samples: int) -> tuple[list[dict[str, Any]], list[str], 
     sample_mb = 3 * image_size[0] * image_size[1] * 4 / 1e6
     notes = [
         f"{samples} synthetic samples of (1, 3, {image_size[0]}, {image_size[1]}) float32 "
-        f"({sample_mb:.1f} MB each), config {BENCHMARK_CONFIG}; each side loads them in a fresh process; times and memory x {scale:g}.",
+        f"({sample_mb:.1f} MB each), config {BENCHMARK_CONFIG}; each side loads them in a fresh process; "
+        f"times and memory x {scale:g}.",
         "pickles: abtf_ssd.preprocess.load_sample (the safe unpickler) into RAM, as the QSL does; "
-        "store: SampleStore.load (madvise WILLNEED + one read per page of the memory map).",
+        "store: SampleStore.load (madvise WILLNEED for all, then one read per page of the memory map).",
         "page cache before the cold runs (fincore): "
         + ", ".join(f"{side} {_fmt_bytes(value)}" for side, value in cached_before_cold.items()),
         f"writing the pickles took {write_seconds:.1f} s ({samples * sample_mb / write_seconds:.0f} MB/s).",

@@ -124,7 +124,9 @@ def test_synthetic_raw_dataset_is_cached_per_input(mlc_home: tuple[dict[str, str
     assert len(list(Path(first).glob("*/*_png/*.png"))) == 5  # 3 validation + 2 calibration
 
     other_args = [a if not a.startswith("--frames") else "--frames=2" for a in TINY_RAW]
-    second = exported(mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *other_args), "Raw Cognata dataset")
+    second = exported(
+        mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *other_args), "Raw Cognata dataset"
+    )
     assert second != first
     entries = cache_entries(env, home, "get,raw,dataset,cognata,_synthetic")
     assert {Path(first), Path(second)} <= set(entries)
@@ -157,7 +159,9 @@ def test_synthetic_models_onnx_and_pytorch(mlc_home: tuple[dict[str, str], Path]
     import onnx
 
     env, home = mlc_home
-    onnx_path = Path(exported(mlcr(env, home, "get,ml-model,ssd,resnet50,_synthetic,_onnx"), "SSD-ResNet50 model"))
+    onnx_path = Path(
+        exported(mlcr(env, home, "get,ml-model,ssd,resnet50,_synthetic,_onnx"), "SSD-ResNet50 model")
+    )
     model = onnx.load(str(onnx_path), load_external_data=False)
     assert [o.name for o in model.graph.output] == ["bboxes", "scores"]
 
@@ -172,7 +176,10 @@ def test_synthetic_models_onnx_and_pytorch(mlc_home: tuple[dict[str, str], Path]
     ("tags", "expected"),
     [
         ("get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx,_dry-run", "ssd_resnet50.onnx"),
-        ("get,ml-model,ssd,resnet50,_mlc,_rclone,_pytorch,_dry-run", "baseline_8MP_ss_scales_fm1_5x5_all_ep60.pth"),
+        (
+            "get,ml-model,ssd,resnet50,_mlc,_rclone,_pytorch,_dry-run",
+            "baseline_8MP_ss_scales_fm1_5x5_all_ep60.pth",
+        ),
         ("get,ml-model,ssd,resnet50,_mlc,_r2-downloader,_onnx,_dry-run", "ssd_checkpoint_onnx.uri"),
         ("get,preprocessed,dataset,cognata,_mlc,_2d_obj_det,_validation,_dry-run", "val_2d.tar.gz"),
         ("get,preprocessed,dataset,cognata,_mlc,_2d_obj_det,_calibration,_dry-run", "calib_2d.tar.gz"),
@@ -190,7 +197,9 @@ def test_real_downloads_dry_run(mlc_home: tuple[dict[str, str], Path], tags: str
 
 def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
     env, home = mlc_home
-    output = mlcr(env, home, "get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx", f"--outdirname={home / 'real'}", ok=False)
+    output = mlcr(
+        env, home, "get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx", f"--outdirname={home / 'real'}", ok=False
+    )
     assert "no login token" in output and "rclone" in output
 
 

@@ -1,0 +1,226 @@
+"""The LoadGen harness end to end: real LoadGen, real ONNX Runtime on the demo model, tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from abtf_ssd import rules
+from abtf_ssd.accuracy import read_accuracy_log
+from abtf_ssd.backends import create_backend
+from abtf_ssd.harness import EXPECTED_LATENCY_FILE, RunFailedError, RunOptions, RunResult, run
+from abtf_ssd.preprocess import load_sample
+from abtf_ssd.report import DETAIL_LOG, detail_values, read_detail_log
+
+
+@pytest.fixture(scope="module")
+def backend(demo_onnx_model: Path):
+    return create_backend("onnxruntime", demo_onnx_model, "cpu", threads=2, config_name="demo")
+
+
+def _run(tmp_path: Path, dataset, backend, **overrides) -> RunResult:
+    options = RunOptions(
+        dataset_dir=dataset.preprocessed,
+        results_dir=tmp_path / "results",
+        system_name="tiny",
+        test_query_count=4,
+        command="abtf-ssd run (test)",
+    )
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    return run(options, backend=backend)
+
+
+def _detail(result: RunResult) -> dict:
+    return detail_values(read_detail_log(result.output_dir / DETAIL_LOG))
+
+
+class FailingBackend:
+    """The real backend, except that it raises for one image (or for every call after ``good_calls``)."""
+
+    def __init__(self, inner, bad_image: np.ndarray | None = None, good_calls: int | None = None) -> None:
+        self.inner = inner
+        self.bad_image = bad_image
+        self.good_calls = good_calls
+        self.calls = 0
+        self.config_name = inner.config_name
+
+    def predict(self, batch: np.ndarray):
+        self.calls += 1
+        if self.good_calls is not None and self.calls > self.good_calls:
+            raise RuntimeError("device lost")
+        if self.bad_image is not None and any(np.array_equal(image, self.bad_image[0]) for image in batch):
+            raise RuntimeError("kernel crashed on this frame")
+        return self.inner.predict(batch)
+
+
+@pytest.mark.parametrize("round_name", ["v0.5", "v1.0"])
+def test_detail_log_has_the_rounds_seeds_and_test_count(tmp_path, tiny_dataset, backend, round_name) -> None:
+    result = _run(tmp_path, tiny_dataset, backend, round=round_name)
+    values = _detail(result)
+    r = rules.ROUNDS[round_name]
+    assert values["effective_qsl_rng_seed"] == r.qsl_rng_seed
+    assert values["effective_sample_index_rng_seed"] == r.sample_index_rng_seed
+    assert values["effective_schedule_rng_seed"] == r.schedule_rng_seed
+    assert values["effective_target_latency_percentile"] == pytest.approx(0.999)
+    assert values["effective_performance_sample_count"] == 4  # the round's 128, capped by the 4-sample QSL
+    assert values["result_query_count"] == 4 == result.summary.queries
+    assert result.ok and result.summary.result == "INVALID"
+
+
+def test_test_query_count_limits_an_accuracy_run(tmp_path, tiny_dataset, backend) -> None:
+    result = _run(tmp_path, tiny_dataset, backend, mode="accuracy")
+    detections = read_accuracy_log(result.output_dir / "mlperf_log_accuracy.json")
+    assert sorted(detections) == [0, 1, 2, 3]
+    assert result.output_dir == tmp_path / "results/tiny/ssd/SingleStream/accuracy"
+    assert result.map_result is not None and result.map_result.frames_total == 4
+    text = (result.output_dir / "accuracy.txt").read_text()
+    assert text.startswith(f"mAP: {result.map_result.map:.7f}\n")
+    saved = json.loads((result.output_dir / "results.json").read_text())
+    assert saved["accuracy"]["mAP"] == result.map_result.map and saved["summary"]["map"] == result.summary.map
+
+
+def test_valid_accuracy_run_covers_every_sample(tmp_path, tiny_dataset, backend) -> None:
+    result = _run(tmp_path, tiny_dataset, backend, mode="accuracy", execution_mode="valid")
+    detections = read_accuracy_log(result.output_dir / "mlperf_log_accuracy.json")
+    assert sorted(detections) == list(range(tiny_dataset.frames))
+
+
+def test_stray_audit_config_in_cwd_has_no_effect(tmp_path, tiny_dataset, backend, monkeypatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "audit.config").write_text(
+        "*.*.mode = 1\n*.*.min_query_count = 2\n*.*.max_query_count = 2\n*.*.accuracy_log_sampling_target = 3\n"
+    )
+    monkeypatch.chdir(cwd)
+    result = _run(tmp_path, tiny_dataset, backend, test_query_count=3)
+    values = _detail(result)
+    assert values["effective_test_mode"] == "PerformanceOnly"
+    assert values["result_query_count"] == 3
+    assert values["effective_accuracy_log_sampling_target"] == 0
+    assert "audit" not in (result.output_dir / DETAIL_LOG).read_text().lower()
+    assert not (result.output_dir / "audit.config").exists()
+    assert Path.cwd() == cwd
+
+
+def test_explicit_audit_config_makes_a_compliance_run(tmp_path, tiny_dataset, backend) -> None:
+    audit = tmp_path / "TEST01.config"
+    audit.write_text(rules.audit_config_text("v0.5"))
+    result = _run(tmp_path, tiny_dataset, backend, test_query_count=3, audit_config=audit)
+    assert result.output_dir == tmp_path / "results/tiny/ssd/SingleStream/TEST01/performance/run_1"
+    assert (result.output_dir / "audit.config").read_text() == audit.read_text()
+    values = _detail(result)
+    assert values["effective_accuracy_log_rng_seed"] == 720381539243781796
+    assert values["effective_accuracy_log_sampling_target"] == 128
+    assert "audit" in (result.output_dir / DETAIL_LOG).read_text().lower()
+    assert len(read_accuracy_log(result.output_dir / "mlperf_log_accuracy.json")) > 0
+
+
+def test_a_failing_sample_fails_the_accuracy_run_naming_it(tmp_path, tiny_dataset, backend) -> None:
+    bad = load_sample(tiny_dataset.preprocessed / "val_3.pkl")["img"]
+    with pytest.raises(RunFailedError, match=r"samples \[3\].*kernel crashed on this frame") as info:
+        _run(
+            tmp_path,
+            tiny_dataset,
+            FailingBackend(backend, bad_image=bad),
+            mode="accuracy",
+            test_query_count=6,
+        )
+    out = info.value.result.output_dir
+    assert not (out / "accuracy.txt").exists()
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["failed_samples"] == [3] and saved["failed_queries"] == 1
+    detections = read_accuracy_log(out / "mlperf_log_accuracy.json")
+    assert sorted(detections) == list(range(6)) and len(detections[3]) == 0 and len(detections[2]) > 0
+
+
+def test_failing_queries_are_counted_in_a_performance_run(tmp_path, tiny_dataset, backend, capsys) -> None:
+    result = _run(tmp_path, tiny_dataset, FailingBackend(backend, good_calls=1))  # the warm-up succeeds
+    assert not result.ok and result.summary.failed_queries == 4
+    assert json.loads((result.output_dir / "results.json").read_text())["status"] == "failed"
+    assert "4 queries raised and were answered empty: run FAILED" in capsys.readouterr().out
+
+
+def test_results_folder_table_and_user_conf(tmp_path, tiny_dataset, backend, capsys) -> None:
+    user_conf = tmp_path / "my_user.conf"
+    user_conf.write_text("ssd.SingleStream.target_latency = 123\n")
+    result = _run(tmp_path, tiny_dataset, backend, user_conf=user_conf)
+    out = result.output_dir
+    assert out == tmp_path / "results/tiny/ssd/SingleStream/performance/run_1"
+    for name in (
+        "mlperf_log_summary.txt",
+        "mlperf_log_detail.txt",
+        "user.conf",
+        "command.txt",
+        "results.json",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "command.txt").read_text() == "abtf-ssd run (test)\n"
+    assert _detail(result)["requested_single_stream_expected_latency_ns"] == 123_000_000
+    effective = (out / "user.conf").read_text()
+    assert "ssd.SingleStream.target_latency = 123\n" in effective
+    assert "ssd.SingleStream.max_query_count = 4\n" in effective
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "ok" and saved["backend"].startswith("onnxruntime")
+    assert saved["effective_settings"]["qsl_rng_seed"] == rules.ROUNDS["v0.5"].qsl_rng_seed
+    summary = saved["summary"]
+    assert summary["queries"] == 4 and summary["result"] == "INVALID"
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"] and summary["mean_ms"] > 0
+    assert any("early stopping" in reason for reason in summary["invalid_reasons"])
+
+    with Image.open(out / "latency_histogram.png") as png:
+        assert png.size == (900, 480)
+    printed = capsys.readouterr().out
+    assert "SingleStream" in printed and "performance" in printed and "INVALID" in printed
+    assert f"{summary['mean_ms']:.3f}" in printed
+
+
+def test_find_performance_feeds_the_next_run(tmp_path, tiny_dataset, backend) -> None:
+    found = _run(tmp_path, tiny_dataset, backend, mode="find-performance", test_query_count=3)
+    stored = tmp_path / "results/tiny/ssd/SingleStream" / EXPECTED_LATENCY_FILE
+    assert found.output_dir.name == "find-performance"
+    assert int(stored.read_text()) == found.expected_latency_ns == round(found.summary.mean_ms * 1e6)
+    later = _run(tmp_path, tiny_dataset, backend, test_query_count=2)
+    assert _detail(later)["requested_single_stream_expected_latency_ns"] == found.expected_latency_ns
+    assert later.expected_latency_ns == found.expected_latency_ns
+
+
+def test_offline_batches_answer_like_single_stream(tmp_path, tiny_dataset, backend) -> None:
+    single = _run(tmp_path / "a", tiny_dataset, backend, mode="accuracy", test_query_count=5)
+    batched = _run(
+        tmp_path / "b",
+        tiny_dataset,
+        backend,
+        mode="accuracy",
+        test_query_count=5,
+        scenario="Offline",
+        batch_size=4,
+    )
+    one = read_accuracy_log(single.output_dir / "mlperf_log_accuracy.json")
+    many = read_accuracy_log(batched.output_dir / "mlperf_log_accuracy.json")
+    assert sorted(one) == sorted(many) == [0, 1, 2, 3, 4]
+    for index in one:
+        assert one[index].shape == many[index].shape
+        np.testing.assert_allclose(one[index], many[index], rtol=1e-4, atol=1e-3)
+
+
+def test_multistream_queries(tmp_path, tiny_dataset, backend) -> None:
+    result = _run(tmp_path, tiny_dataset, backend, scenario="MultiStream", test_query_count=2, batch_size=4)
+    values = _detail(result)
+    assert values["result_query_count"] == 2 and values["effective_samples_per_query"] == 8
+    assert result.summary.mean_ms > 0
+
+
+def test_bad_options_fail_before_running(tmp_path, tiny_dataset, backend) -> None:
+    with pytest.raises(ValueError, match="unknown mode"):
+        _run(tmp_path, tiny_dataset, backend, mode="submission")
+    with pytest.raises(FileNotFoundError, match="user_conf"):
+        _run(tmp_path, tiny_dataset, backend, user_conf=tmp_path / "missing.conf")
+    with pytest.raises(ValueError, match="config 'demo', not the requested"):
+        _run(tmp_path, tiny_dataset, backend, config_name="baseline_8MP_ss_scales_fm1_5x5_all")
+    assert not (tmp_path / "results").exists()
