@@ -161,15 +161,16 @@ def make_test_settings(
     expected_latency_ns: int | None = None,
     user_conf: str | Path | None = None,
     performance_sample_count: int | None = None,
-    samples_per_query: int = 1,
+    samples_per_query: int | None = None,
 ) -> lg.TestSettings:
     """LoadGen settings for one run, every rule of ``round`` set through a field.
 
     ``expected_latency_ns``: end-to-end latency of one query (SingleStream / MultiStream) or
     of one sample (Offline, turned into the expected QPS). ``performance_sample_count``
     defaults to the round's; the harness lowers it to the QSL size when the QSL is smaller.
-    ``samples_per_query`` is MultiStream's query size. ``user_conf`` (LoadGen's key = value
-    format, model ``ssd``) is applied last and wins over everything but the seeds.
+    ``samples_per_query`` is MultiStream's query size (None: LoadGen's, 8). ``user_conf``
+    (LoadGen's key = value format, model ``ssd``) is applied last and wins over everything but
+    the seeds.
     """
     rules = get_round(round)
     if execution_mode not in EXECUTION_MODES:
@@ -197,7 +198,8 @@ def make_test_settings(
             settings.single_stream_expected_latency_ns = int(expected_latency_ns)
     elif scenario == "MultiStream":
         settings.multi_stream_target_latency_percentile = latency.target_latency_percentile
-        settings.multi_stream_samples_per_query = samples_per_query
+        if samples_per_query is not None:
+            settings.multi_stream_samples_per_query = samples_per_query
         if expected_latency_ns:
             settings.multi_stream_expected_latency_ns = int(expected_latency_ns)
     elif scenario == "Offline":

@@ -56,6 +56,8 @@ _GT_ROWS_PARTIAL = "gt_boxes.f32.partial"
 _GT_COUNTS_PARTIAL = "gt_counts.i64.partial"
 _LOCK_FILE = "convert.lock"
 
+_PROVENANCE_KEYS = ("source",)
+"""Recorded in the manifest but not compared on a rerun: moving the pickle folder changes no sample."""
 _DTYPE = np.dtype(np.float32)
 _CHANNELS = 3
 _PAGE = mmap.PAGESIZE
@@ -519,7 +521,11 @@ def _check_same_store(path: Path, identity: dict[str, Any]) -> None:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: not valid JSON ({e}); delete {path.parent} to start over") from None
-    differs = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
+    differs = {
+        k: (recorded.get(k), v)
+        for k, v in identity.items()
+        if k not in _PROVENANCE_KEYS and recorded.get(k) != v
+    }
     if differs:
         raise StoreError(
             f"{path.parent} holds another store ({path.name}: recorded vs requested {differs}); "

@@ -20,7 +20,9 @@ from abtf_ssd.boxes import decode_batch, decode_reference_loop, default_boxes
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
 
 
-def random_outputs(num_anchors: int, num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_outputs(
+    num_anchors: int, num_classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One frame of standard-normal head outputs: loc (1, 4, A), conf (1, C, A)."""
     loc = rng.standard_normal((1, 4, num_anchors), dtype=np.float32)
     conf = rng.standard_normal((1, num_classes, num_anchors), dtype=np.float32)
@@ -59,7 +61,9 @@ def time_ms(decode, loc: np.ndarray, conf: np.ndarray, config_name: str, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=3, help="frames of each kind")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of decode_batch per frame (best kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed calls of decode_batch per frame (best kept)"
+    )
     parser.add_argument("--config", default=BENCHMARK_CONFIG)
     args = parser.parse_args()
 
@@ -81,9 +85,12 @@ def main() -> None:
                 raise SystemExit(f"{kind} frame {frame}: decode_batch differs from the reference loop")
             loop_times.append(loop_ms)
             fast_times.append(fast_ms)
-            print(f"{kind:10}{frame:>6}{len(result[0]):>6}{loop_ms:>16.1f}{fast_ms:>14.1f}{loop_ms / fast_ms:>7.0f}x")
+            ratio = loop_ms / fast_ms
+            print(f"{kind:10}{frame:>6}{len(result[0]):>6}{loop_ms:>16.1f}{fast_ms:>14.1f}{ratio:>7.0f}x")
         loop_mean, fast_mean = float(np.mean(loop_times)), float(np.mean(fast_times))
-        print(f"{kind:10}{'mean':>6}{'':>6}{loop_mean:>16.1f}{fast_mean:>14.1f}{loop_mean / fast_mean:>7.0f}x")
+        print(
+            f"{kind:10}{'mean':>6}{'':>6}{loop_mean:>16.1f}{fast_mean:>14.1f}{loop_mean / fast_mean:>7.0f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -159,13 +159,15 @@ def run_script(script: Path, extra_args: list[str], timeout_s: float, work: Path
     contract = follows_contract(script)
     json_path = work / f"{script.stem}.json"
     command = [sys.executable, str(script), *extra_args]
+    shown = ["python", str(script.relative_to(REPO_ROOT)), *extra_args]  # the report's: no temp paths
     if contract:
         command += [JSON_FLAG, str(json_path)]
+        shown += [JSON_FLAG, "<json>"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    print(f"== {script.name}: {shlex.join(command)}", flush=True)
+    print(f"== {script.name}: {shlex.join(shown)}", flush=True)
     start = time.perf_counter()
     try:
         process = subprocess.run(
@@ -177,13 +179,13 @@ def run_script(script: Path, extra_args: list[str], timeout_s: float, work: Path
             script.name,
             "timeout",
             time.perf_counter() - start,
-            command,
+            shown,
             output=output[-_TAIL_CHARS:],
             error=f"did not finish within {timeout_s:.0f} s",
         )
     seconds = time.perf_counter() - start
     print(process.stdout, end="", flush=True)
-    result = BenchResult(script.name, "ok", seconds, command, returncode=process.returncode)
+    result = BenchResult(script.name, "ok", seconds, shown, returncode=process.returncode)
     if process.returncode != 0:
         result.status = "failed"
         result.output = (process.stdout + process.stderr)[-_TAIL_CHARS:]
@@ -254,7 +256,9 @@ def cuda_status() -> dict[str, Any]:
     from abtf_ssd import sysinfo
 
     gpus = sysinfo.nvidia_gpus()
-    problems = {framework: sysinfo.device_problem(framework, "cuda") for framework in sysinfo.FRAMEWORKS}
+    problems = {
+        framework: sysinfo.device_problem(framework, "cuda") for framework in sysinfo.FRAMEWORK_PACKAGES
+    }
     return {
         "gpus": gpus,
         "available": bool(gpus) and any(p is None for p in problems.values()),
@@ -325,7 +329,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "number below is from the CPU. "
             + ("nvidia-smi lists no GPU. " if not cuda["gpus"] else "")
             + "; ".join(f"{k}: {v}" for k, v in cuda["problems"].items() if v)
-            + "."
+            + ". GPU numbers need `make bench` on a machine with an NVIDIA GPU and a CUDA build of the "
+            "framework."
         )
     lines += [
         "",

@@ -104,7 +104,7 @@ def test_both_backends_give_the_same_outputs_and_detections(demo_weights: tuple[
     # sits within that rounding of a decision boundary.
     onnx_detections = decode_batch(onnx_loc, onnx_conf, DEMO_CONFIG)
     torch_detections = decode_batch(torch_loc, torch_conf, DEMO_CONFIG)
-    for ours, theirs in zip(onnx_detections, torch_detections):
+    for ours, theirs in zip(onnx_detections, torch_detections, strict=True):
         assert len(ours) > 50
         assert abs(len(ours) - len(theirs)) <= 2
         assert _matched_fraction(ours, theirs) >= 0.98
@@ -132,7 +132,9 @@ def test_onnxruntime_session_settings(demo_weights: tuple[Path, Path]) -> None:
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.enable_cpu_mem_arena
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match=r"input batch has shape \(1, 3, 288, 512\), the model takes \(B, 3, 144, 256\)"):
+    with pytest.raises(
+        ValueError, match=r"input batch has shape \(1, 3, 288, 512\), the model takes \(B, 3, 144, 256\)"
+    ):
         backend.predict(np.zeros((1, 3, 288, 512), dtype=np.float32))
 
 
@@ -142,7 +144,9 @@ def test_onnxruntime_gpu_request_without_the_provider_is_an_error(tmp_path: Path
     if wanted in ort.get_available_providers():
         pytest.skip(f"{wanted} is installed here")
     model = _fake_onnx(tmp_path / "fake.onnx", DEMO.image_size, DEMO.num_anchors)
-    with pytest.raises(BackendError, match=rf"device '{device}' needs .*{wanted}.*onnxruntime .*onnxruntime-gpu"):
+    with pytest.raises(
+        BackendError, match=rf"device '{device}' needs .*{wanted}.*onnxruntime .*onnxruntime-gpu"
+    ):
         create_backend("onnxruntime", model, device=device)
 
 
@@ -158,7 +162,8 @@ def test_model_outputs_not_matching_the_config_are_refused(tmp_path: Path) -> No
     model = _fake_onnx(tmp_path / "small_head.onnx", DEMO.image_size, anchors=100)
     with pytest.raises(
         BackendError,
-        match=r"small_head\.onnx: output 'bboxes' has shape \('N', 4, 100\), but config 'demo' needs \('N', 4, 3500\)",
+        match=r"small_head\.onnx: output 'bboxes' has shape \('N', 4, 100\), "
+        r"but config 'demo' needs \('N', 4, 3500\)",
     ):
         create_backend("onnxruntime", model, config_name=DEMO_CONFIG)
     with pytest.raises(BackendError, match=r"small_head\.onnx: cannot tell the model config .*100 anchors"):
@@ -167,7 +172,11 @@ def test_model_outputs_not_matching_the_config_are_refused(tmp_path: Path) -> No
 
 def test_model_input_not_matching_the_config_is_refused(demo_weights: tuple[Path, Path]) -> None:
     checkpoint, onnx_path = demo_weights
-    with pytest.raises(BackendError, match=r"demo\.onnx: input 'image' has shape \(.*, 3, 144, 256\), but config .* needs \('N', 3, 2160, 3840\)"):
+    with pytest.raises(
+        BackendError,
+        match=r"demo\.onnx: input 'image' has shape \(.*, 3, 144, 256\), "
+        r"but config .* needs \('N', 3, 2160, 3840\)",
+    ):
         create_backend("onnxruntime", onnx_path, config_name=BENCHMARK_CONFIG)
     with pytest.raises(ValueError, match=r"demo\.pth: checkpoint does not fit the model"):
         create_backend("pytorch", checkpoint, config_name=BENCHMARK_CONFIG)

@@ -25,7 +25,15 @@ MEDIUM = SSDConfig(
     feat_size=((90, 160), (45, 80), (23, 40), (12, 20), (6, 10), (3, 5), (2, 3)),
     steps=(8, 16, 32, 64, 128, 256, 384),
     scales=(10, 22, 49, 76, 103, 130, 157, 253),
-    aspect_ratios=((2, 0.5), (2, 0.5, 3, 1 / 3), (2, 0.5, 3, 1 / 3), (2, 0.5, 3, 1 / 3), (2, 0.5), (2, 0.5), (2, 0.5)),
+    aspect_ratios=(
+        (2, 0.5),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5),
+        (2, 0.5),
+        (2, 0.5),
+    ),
     out_channels=(1024, 512, 512, 256, 256, 256, 256),
     mid_channels=(256, 256, 128, 128, 128, 128),
     head_kernel=3,
@@ -78,7 +86,7 @@ def _trained_like_outputs(config: SSDConfig, seed: int) -> tuple[np.ndarray, np.
 
 def _assert_same_detections(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
     assert len(actual) == len(expected)
-    for frame, (got, want) in enumerate(zip(actual, expected)):
+    for frame, (got, want) in enumerate(zip(actual, expected, strict=True)):
         assert got.dtype == np.float32 and got.ndim == 2 and got.shape[1] == 6, frame
         assert got.shape == want.shape, f"frame {frame}: {got.shape} rows vs {want.shape}"
         np.testing.assert_array_equal(got[:, 4], want[:, 4], err_msg=f"frame {frame}: labels")
@@ -168,7 +176,9 @@ def test_iou_matrix_plain_area_ratio() -> None:
 # --- decode_batch against the reference loop ------------------------------------------------------
 
 
-@pytest.mark.parametrize(("config", "seed"), [(DEMO, 0), (DEMO, 1), (MEDIUM, 2)], ids=["demo-0", "demo-1", "720p"])
+@pytest.mark.parametrize(
+    ("config", "seed"), [(DEMO, 0), (DEMO, 1), (MEDIUM, 2)], ids=["demo-0", "demo-1", "720p"]
+)
 def test_random_logits_match_reference(config: SSDConfig, seed: int) -> None:
     loc, conf = _random_outputs(config, batch=2, seed=seed)
     fast = boxes.decode_batch(loc, conf, config)
@@ -183,10 +193,14 @@ def test_scaled_random_logits_match_reference() -> None:
     """Widely spread logits: confident classes, many probabilities far below the threshold."""
     loc, conf = _random_outputs(MEDIUM, batch=1, seed=3)
     conf *= 6.0
-    _assert_same_detections(boxes.decode_batch(loc, conf, MEDIUM), boxes.decode_reference_loop(loc, conf, MEDIUM))
+    _assert_same_detections(
+        boxes.decode_batch(loc, conf, MEDIUM), boxes.decode_reference_loop(loc, conf, MEDIUM)
+    )
 
 
-@pytest.mark.parametrize(("config", "seed"), [(DEMO, 4), (MEDIUM, 5), (MEDIUM, 6)], ids=["demo", "720p-a", "720p-b"])
+@pytest.mark.parametrize(
+    ("config", "seed"), [(DEMO, 4), (MEDIUM, 5), (MEDIUM, 6)], ids=["demo", "720p-a", "720p-b"]
+)
 def test_trained_like_logits_match_reference(config: SSDConfig, seed: int) -> None:
     loc, conf = _trained_like_outputs(config, seed)
     fast = boxes.decode_batch(loc, conf, config)
@@ -219,7 +233,9 @@ def test_logits_where_the_bounds_are_tight_match_reference(near_threshold: bool)
     conf[0, :, half:] = -30.0
     conf[0, 0, half:] = 10.0
     conf[0, labels[half:], np.arange(half, count)] = 10.0 + np.log(p[half:] / (1 - p[half:]))
-    _assert_same_detections(boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config))
+    _assert_same_detections(
+        boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config)
+    )
 
 
 def test_threshold_levels_fall_back_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,9 +248,7 @@ def test_threshold_levels_fall_back_exactly(monkeypatch: pytest.MonkeyPatch) -> 
     conf[0, 5, sampled[:: len(sampled) // 150]] = 12.0
     levels = []
     original = boxes._sample_thresholds
-    monkeypatch.setattr(
-        boxes, "_sample_thresholds", lambda *args: levels.append(args[1]) or original(*args)
-    )
+    monkeypatch.setattr(boxes, "_sample_thresholds", lambda *args: levels.append(args[1]) or original(*args))
     fast = boxes.decode_batch(loc, conf, MEDIUM)
     assert len(levels) > 1, "the first level should not have sufficed"
     _assert_same_detections(fast, boxes.decode_reference_loop(loc, conf, MEDIUM))
@@ -304,7 +318,7 @@ def test_batch_equals_single_frames() -> None:
     loc, conf = _random_outputs(MEDIUM, batch=3, seed=9)
     batched = boxes.decode_batch(loc, conf, MEDIUM)
     singles = [boxes.decode_batch(loc[i : i + 1], conf[i : i + 1], MEDIUM)[0] for i in range(3)]
-    for got, want in zip(batched, singles):
+    for got, want in zip(batched, singles, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -336,7 +350,9 @@ def test_boxes_scaled_to_original_pixels() -> None:
 
 def test_wrong_shapes_are_refused() -> None:
     loc, conf = _random_outputs(DEMO, batch=1, seed=12)
-    with pytest.raises(ValueError, match=r"expects head outputs .*got loc \(1, 4, 3500\) and conf \(1, 15, 3499\)"):
+    with pytest.raises(
+        ValueError, match=r"expects head outputs .*got loc \(1, 4, 3500\) and conf \(1, 15, 3499\)"
+    ):
         boxes.decode_batch(loc, conf[:, :, :-1], DEMO)
     with pytest.raises(ValueError, match="unknown model config"):
         boxes.decode_batch(loc, conf, "nope")
@@ -346,6 +362,10 @@ def test_wrong_shapes_are_refused() -> None:
 def test_benchmark_head_output_matches_reference() -> None:
     config = get_config(BENCHMARK_CONFIG)
     loc, conf = _random_outputs(config, batch=1, seed=13)
-    _assert_same_detections(boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config))
+    _assert_same_detections(
+        boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config)
+    )
     loc, conf = _trained_like_outputs(config, seed=14)
-    _assert_same_detections(boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config))
+    _assert_same_detections(
+        boxes.decode_batch(loc, conf, config), boxes.decode_reference_loop(loc, conf, config)
+    )

@@ -94,7 +94,8 @@ def test_stray_audit_config_in_cwd_has_no_effect(tmp_path, tiny_dataset, backend
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "audit.config").write_text(
-        "*.*.mode = 1\n*.*.min_query_count = 2\n*.*.max_query_count = 2\n*.*.accuracy_log_sampling_target = 3\n"
+        "*.*.mode = 1\n*.*.min_query_count = 2\n*.*.max_query_count = 2\n"
+        "*.*.accuracy_log_sampling_target = 3\n"
     )
     monkeypatch.chdir(cwd)
     result = _run(tmp_path, tiny_dataset, backend, test_query_count=3)
@@ -186,7 +187,9 @@ def test_find_performance_feeds_the_next_run(tmp_path, tiny_dataset, backend) ->
     assert found.output_dir.name == "find-performance"
     assert int(stored.read_text()) == found.expected_latency_ns == round(found.summary.mean_ms * 1e6)
     later = _run(tmp_path, tiny_dataset, backend, test_query_count=2)
-    assert _detail(later)["requested_single_stream_expected_latency_ns"] == found.expected_latency_ns
+    # the detail log prints doubles to 6 significant digits
+    requested = _detail(later)["requested_single_stream_expected_latency_ns"]
+    assert requested == pytest.approx(found.expected_latency_ns, rel=1e-5)
     assert later.expected_latency_ns == found.expected_latency_ns
 
 
@@ -210,9 +213,19 @@ def test_offline_batches_answer_like_single_stream(tmp_path, tiny_dataset, backe
 
 
 def test_multistream_queries(tmp_path, tiny_dataset, backend) -> None:
-    result = _run(tmp_path, tiny_dataset, backend, scenario="MultiStream", test_query_count=2, batch_size=4)
+    user_conf = tmp_path / "user.conf"
+    user_conf.write_text("ssd.MultiStream.samples_per_query = 4\n")
+    result = _run(
+        tmp_path,
+        tiny_dataset,
+        backend,
+        scenario="MultiStream",
+        test_query_count=2,
+        batch_size=2,
+        user_conf=user_conf,
+    )
     values = _detail(result)
-    assert values["result_query_count"] == 2 and values["effective_samples_per_query"] == 8
+    assert values["result_query_count"] == 2 and values["effective_samples_per_query"] == 4
     assert result.summary.mean_ms > 0
 
 

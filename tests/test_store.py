@@ -122,13 +122,15 @@ def test_uncommitted_ground_truth_is_dropped_on_resume(tiny_dataset, monkeypatch
 
 
 def test_finished_store_is_not_rebuilt_and_another_source_is_refused(
-    tiny_dataset, converted: Path, monkeypatch
-):
+    tiny_dataset, converted: Path, monkeypatch, tmp_path: Path
+) -> None:
     def no_loading(path, image_size=None):
         raise AssertionError(f"loaded {path}")
 
     monkeypatch.setattr(preprocess, "load_sample", no_loading)
     assert convert_pickles_to_store(tiny_dataset.preprocessed, converted, progress=False) == converted
+    moved = shutil.copytree(tiny_dataset.preprocessed, tmp_path / "moved")
+    assert convert_pickles_to_store(moved, converted, progress=False) == converted
     with pytest.raises(StoreError, match="holds another store"):
         convert_pickles_to_store(tiny_dataset.preprocessed, converted, count=3, progress=False)
 

@@ -115,8 +115,8 @@ class OnnxRuntimeBackend:
         active = self.session.get_providers()
         if provider_names[0] not in active:
             raise BackendError(
-                f"{self.model_path}: asked for {provider_names[0]} (device {device!r}) but the session runs on "
-                f"{', '.join(active)}; check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs "
+                f"{self.model_path}: asked for {provider_names[0]} (device {device!r}) but the session "
+                f"runs on {', '.join(active)}; check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs "
                 f"({_installed_package()} installed)"
             )
         self.provider = provider_names[0]
@@ -137,7 +137,8 @@ class OnnxRuntimeBackend:
         image_shape, loc_shape, conf_shape = _dims(image.shape), _dims(loc.shape), _dims(conf.shape)
         if image.type != "tensor(float)" or len(image_shape) != 4:
             raise BackendError(
-                f"{self.model_path}: input {image.name!r} is {image.type} {image_shape}, expected float32 (N, 3, H, W)"
+                f"{self.model_path}: input {image.name!r} is {image.type} {image_shape}, "
+                "expected float32 (N, 3, H, W)"
             )
         anchors = loc_shape[2] if len(loc_shape) == 3 else None
         config = _config_for(self.model_path, tuple(image_shape[2:]), anchors, config_name)
@@ -149,7 +150,7 @@ class OnnxRuntimeBackend:
         for what, (actual, wanted) in expected.items():
             # The batch axis may be anything; a symbolic dimension elsewhere is checked at predict.
             fits = len(actual) == len(wanted) and all(
-                not isinstance(a, int) or a == w for a, w in zip(actual[1:], wanted[1:])
+                not isinstance(a, int) or a == w for a, w in zip(actual[1:], wanted[1:], strict=True)
             )
             if not fits:
                 raise BackendError(

@@ -1,0 +1,163 @@
+"""Reading LoadGen's logs (from real LoadGen runs of an instant SUT), the results table, the PNGs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlperf_loadgen as lg
+import numpy as np
+import pytest
+from PIL import Image
+
+from abtf_ssd.accuracy import load_ground_truth
+from abtf_ssd.report import (
+    DETAIL_LOG,
+    SUMMARY_LOG,
+    TRACE_LOG,
+    RunSummary,
+    detail_values,
+    format_table,
+    parse_summary,
+    read_detail_log,
+    read_trace_latencies,
+    summarize_run,
+    write_latency_histogram,
+)
+from abtf_ssd.show import GROUND_TRUTH_COLOR, denormalize, render
+
+
+def _loadgen_run(out: Path, queries: int, percentile: float, mode=lg.TestMode.PerformanceOnly) -> Path:
+    """A real LoadGen SingleStream run of an SUT that answers each query after ~0.2 ms."""
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.SingleStream
+    settings.mode = mode
+    settings.min_query_count = settings.max_query_count = queries
+    settings.min_duration_ms = 0
+    settings.single_stream_target_latency_percentile = percentile
+    settings.single_stream_expected_latency_ns = 200_000
+    response = np.zeros(6, np.float32)
+
+    def issue(samples: list) -> None:
+        time.sleep(0.0002)
+        lg.QuerySamplesComplete(
+            [lg.QuerySampleResponse(s.id, response.ctypes.data, response.nbytes) for s in samples]
+        )
+
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(8, 8, lambda _: None, lambda _: None)
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(out)
+    out.mkdir(parents=True)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    return out
+
+
+@pytest.fixture(scope="module")
+def valid_run(tmp_path_factory) -> Path:
+    # 90th percentile: early stopping is met after a few hundred queries, so LoadGen says VALID
+    return _loadgen_run(tmp_path_factory.mktemp("report") / "valid", queries=600, percentile=0.9)
+
+
+def test_summary_of_a_valid_run_matches_loadgens_summary(valid_run: Path) -> None:
+    summary = summarize_run(valid_run, "SingleStream", "performance")
+    text = parse_summary(valid_run / SUMMARY_LOG)
+    assert summary.result == text["Result is"] == "VALID" and summary.invalid_reasons == []
+    assert summary.queries == 600
+    assert summary.mean_ms == pytest.approx(int(text["Mean latency (ns)"]) / 1e6)
+    assert summary.p50_ms == pytest.approx(int(text["50.00 percentile latency (ns)"]) / 1e6)
+    assert summary.p999_ms == pytest.approx(int(text["99.90 percentile latency (ns)"]) / 1e6)
+    values = detail_values(read_detail_log(valid_run / DETAIL_LOG))
+    assert summary.early_stopping_ms == pytest.approx(values["early_stopping_latency_ss"] / 1e6)
+    assert 0.2 <= summary.p50_ms <= summary.p90_ms <= summary.p99_ms <= summary.p999_ms
+    assert summary.loadgen_version
+    assert summary.errors == []
+
+
+def test_trace_latencies_are_loadgens(valid_run: Path) -> None:
+    trace = read_trace_latencies(valid_run / TRACE_LOG)
+    assert trace is not None and len(trace.sample_ns) == len(trace.query_ns) == 600
+    summary = summarize_run(valid_run, "SingleStream", "performance")
+    assert trace.query_ns.mean() / 1e6 == pytest.approx(summary.mean_ms, abs=1e-6)
+    assert trace.query_ns.max() / 1e6 == pytest.approx(
+        int(parse_summary(valid_run / SUMMARY_LOG)["Max latency (ns)"]) / 1e6
+    )
+    assert set(trace.sample_index.tolist()) <= set(range(8))
+    assert read_trace_latencies(valid_run / "missing.json") is None
+
+
+def test_invalid_run_lists_its_reasons(tmp_path: Path) -> None:
+    run_dir = _loadgen_run(tmp_path / "short", queries=10, percentile=0.999)
+    summary = summarize_run(run_dir, "SingleStream", "performance", failed_queries=2)
+    assert summary.result == "INVALID"
+    assert any(r.startswith("early stopping not met") for r in summary.invalid_reasons)
+    table = format_table([summary])
+    assert "INVALID (see reasons)" in table and "INVALID: early stopping not met" in table
+    assert "2 queries raised" in table
+
+
+def test_accuracy_run_latencies_come_from_the_trace(tmp_path: Path) -> None:
+    run_dir = _loadgen_run(tmp_path / "acc", queries=8, percentile=0.999, mode=lg.TestMode.AccuracyOnly)
+    summary = summarize_run(run_dir, "SingleStream", "accuracy", map_value=0.5)
+    assert summary.result is None and summary.latency_source == "trace" and summary.queries == 8
+    assert summary.mean_ms > 0
+    assert "latencies from LoadGen's trace" in format_table([summary])
+
+
+def test_table_rows_and_json(valid_run: Path) -> None:
+    rows = [
+        summarize_run(valid_run, "SingleStream", "performance"),
+        RunSummary(scenario="SingleStream", mode="accuracy", queries=6000, map=0.7180123),
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:4] == ["scenario", "mode", "queries", "mean"]
+    assert lines[2].split()[:3] == ["SingleStream", "performance", "600"] and lines[2].endswith("VALID")
+    assert "0.7180" in lines[3] and lines[3].split()[2] == "6000"
+    assert json.loads(json.dumps(rows[0].to_dict()))["result"] == "VALID"
+
+
+def test_missing_detail_log(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no mlperf_log_detail.txt"):
+        summarize_run(tmp_path, "SingleStream", "performance")
+
+
+def test_histogram_png(tmp_path: Path) -> None:
+    latencies = np.random.default_rng(0).gamma(20, 1, 1000) * 1e6
+    png = write_latency_histogram(latencies, tmp_path / "h.png", "test")
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (480, 900, 3)
+    bars = np.all(pixels == (70, 110, 180), axis=2)
+    assert bars.sum() > 20_000  # the bars are drawn
+    write_latency_histogram(np.full(3, 5e6), tmp_path / "flat.png", "one value")
+    with pytest.raises(ValueError, match="no latencies"):
+        write_latency_histogram(np.array([]), tmp_path / "none.png", "empty")
+
+
+def test_show_draws_ground_truth_and_predictions(tiny_dataset, tmp_path: Path) -> None:
+    gt = load_ground_truth(tiny_dataset.preprocessed, [2])[2]
+    assert len(gt)
+    predictions = np.concatenate([gt[:1, :5] + [[4, 4, 4, 4, 0]], [[0.9]]], axis=1).astype(np.float32)
+    log = tmp_path / "mlperf_log_accuracy.json"
+    log.write_text(json.dumps([{"seq_id": 0, "qsl_idx": 2, "data": predictions.tobytes().hex()}]))
+    png = render(tmp_path, tiny_dataset.preprocessed, 2, tmp_path / "frame.png")
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (288, 512, 3)  # the demo config's original frame size
+    x1, y1, x2, y2 = (int(round(v)) for v in gt[0, :4])
+    assert tuple(pixels[(y1 + y2) // 2, x1]) == GROUND_TRUTH_COLOR
+    with pytest.raises(KeyError, match="no response for sample 5"):
+        render(log, tiny_dataset.preprocessed, 5, tmp_path / "none.png")
+
+
+def test_denormalize_inverts_the_preprocessing() -> None:
+    from abtf_ssd.config import MEAN, STD
+
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    normalized = ((rgb / 255.0 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)[None].astype(np.float32)
+    np.testing.assert_array_equal(denormalize(normalized), rgb)
