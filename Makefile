@@ -1,6 +1,6 @@
 # make demo   - venv, install, register the MLC scripts, run the synthetic end-to-end benchmark
 # make test   - install (fast when done), then the test suite
-# make bench  - the benchmarks in bench/
+# make bench  - every benchmark in bench/, report in bench/REPORT.md
 # make lint   - ruff check and format check
 
 SHELL := /bin/bash
@@ -39,8 +39,9 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 register: install
 	@grep -qF '"$(CURDIR)"' "$(MLC_REPOS)/repos.json" 2>/dev/null || $(BIN)/mlc add repo "$(CURDIR)"
 
+# Every bench/bench_*.py; writes bench/REPORT.md and bench/REPORT.json (bench/README.md).
 bench: install
-	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python "$$script"; done
+	$(BIN)/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check .

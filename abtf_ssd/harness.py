@@ -54,7 +54,6 @@ _RUN_FILES = (
     RESULTS_JSON,
     USER_CONF,
     COMMAND_TXT,
-    AUDIT_CONFIG,
     report.HISTOGRAM_PNG,
 )
 """Files a run writes; removed from the output folder first so that no stale file survives."""
@@ -276,10 +275,18 @@ def _absolute(options: RunOptions) -> RunOptions:
     return RunOptions(**values)
 
 
-def _prepare_output(out_dir: Path) -> None:
+def _prepare_output(out_dir: Path, audit_config: Path | None) -> None:
+    """Create the output folder, clear a previous run's files, and place the audit config (if any)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    audit_here = out_dir / AUDIT_CONFIG
+    if audit_config is None and audit_here.exists():
+        raise FileExistsError(
+            f"{audit_here} would turn this run into a compliance run: remove it, or pass it as audit_config"
+        )
     for name in _RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    if audit_config is not None and audit_config != audit_here.resolve():
+        shutil.copyfile(audit_config, audit_here)
 
 
 def _warm_up(sut: SystemUnderTest, library: SampleLibrary, batch_size: int) -> None:
@@ -343,11 +350,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     library = SampleLibrary(dataset_dir, options.dataset_prefix, config.image_size)
     sut = SystemUnderTest(backend, library, options.config_name, options.batch_size)
     out_dir = output_dir(options)
-    _prepare_output(out_dir)
+    _prepare_output(out_dir, Path(options.audit_config) if options.audit_config is not None else None)
     if options.mode != "accuracy":
         _warm_up(sut, library, options.batch_size if options.scenario != "SingleStream" else 1)
-    if options.audit_config is not None:
-        shutil.copyfile(options.audit_config, out_dir / AUDIT_CONFIG)
 
     _start_loadgen(sut, library, settings, out_dir, total, performance_count)
 
@@ -358,6 +363,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     result = _collect(options, out_dir, sut, library, total, expected_latency)
     _write_results_json(result, dataset_dir, settings, getattr(backend, "name", type(backend).__name__))
     print(report.format_table([result.summary]))
+    if options.mode == "find-performance" and result.expected_latency_ns is not None:
+        stored = scenario_dir(options) / EXPECTED_LATENCY_FILE
+        print(f"expected latency {result.expected_latency_ns} ns written to {stored}")
     if options.mode != "performance" and result.failures:
         raise RunFailedError(_failure_message(result), result)
     return result
@@ -410,7 +418,8 @@ def _collect(
         log = out_dir / accuracy.ACCURACY_LOG
         detections = accuracy.read_accuracy_log(log, sample_count=total)
         missing = [i for i in detections if i not in library.ground_truth]
-        ground_truth = {**library.ground_truth, **accuracy.load_ground_truth(options.dataset_dir, missing)}
+        loaded = accuracy.load_ground_truth(options.dataset_dir, missing, options.dataset_prefix)
+        ground_truth = {**library.ground_truth, **loaded}
         result.map_result = accuracy.compute_map(detections, options.dataset_dir, ground_truth=ground_truth)
         accuracy.write_accuracy_txt(result.map_result, out_dir / accuracy.ACCURACY_TXT)
         summary.map = result.map_result.map
@@ -455,6 +464,7 @@ def _write_results_json(
         "backend": backend_name,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "summary": result.summary.to_dict(),
+        "table": report.format_table([result.summary]).splitlines(),
         "failed_queries": sum(len(f.samples) for f in result.failures),
         "failed_samples": result.failed_samples,
         "failures": [asdict(f) for f in result.failures],

@@ -20,6 +20,7 @@ allow-list of the few numpy globals an ndarray needs and refuses everything else
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import io
@@ -49,6 +50,8 @@ MANIFEST_NAME = "dataset.json"
 PARTIAL_MANIFEST_NAME = "dataset.partial.json"
 _LOCK_NAME = "preprocess.lock"
 _TEMP_SUFFIX = ".tmp"
+
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _SAMPLE_OVERHEAD_BYTES = 64 * 1024
 """Pickle framing plus a generous ground-truth table, added to the image bytes per sample."""
@@ -430,7 +433,16 @@ def _process_task(task: _Task) -> int:
             f"expects {og_width}x{og_height} (ground-truth boxes are in original pixels)"
         )
     img = normalize_image(rgb, config.image_size)
-    write_sample(Path(out_dir) / sample_name(prefix, index), img, gt_boxes)
+    path = Path(out_dir) / sample_name(prefix, index)
+    try:
+        write_sample(path, img, gt_boxes)
+    except OSError as e:
+        # A write error (a full disk above all) carries no file name of its own.
+        problem = "the file system is full" if e.errno in _FULL_DISK_ERRNOS else "write failed"
+        raise PreprocessError(
+            f"{where}: cannot write {path}: {problem} ({e.strerror or e}); fix that and rerun: finished "
+            "samples are kept and skipped"
+        ) from None
     return index
 
 
@@ -469,7 +481,8 @@ def _check_disk_space(out_dir: Path, config: SSDConfig, remaining: int) -> None:
     if free < needed:
         raise DiskSpaceError(
             f"{out_dir}: {remaining} samples still to write need about {needed} bytes "
-            f"({needed / 1e9:.1f} GB) but only {free} bytes ({free / 1e9:.1f} GB) are free"
+            f"({needed / 1e9:.1f} GB) but only {free} bytes ({free / 1e9:.1f} GB) are free; free space or "
+            "write to another folder (a rerun keeps and skips finished samples)"
         )
 
 

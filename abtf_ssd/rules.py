@@ -17,6 +17,7 @@ QSL at that many samples, so an accuracy run is short too).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,14 +224,42 @@ def make_test_settings(
 
 
 def apply_user_conf(settings: lg.TestSettings, user_conf: str | Path, scenario: str) -> None:
-    """Apply the keys of ``user_conf`` (and only those) on top of ``settings``."""
+    """Apply the keys of ``user_conf`` (and only those) on top of ``settings``.
+
+    The file is checked here first: LoadGen logs a rejected line as an error that lands in the
+    detail log of the process's next run, and any error there fails the submission checker.
+    """
     path = Path(user_conf)
-    if not path.is_file():
-        raise RulesError(f"user.conf {path}: no such file")
+    check_user_conf(path)
     status = settings.FromConfig(str(path), MODEL_NAME, scenario, 2)
     if status != 0:
-        reason = "unreadable" if status == -2 else "not LoadGen's 'model.scenario.key = number' format"
-        raise RulesError(f"user.conf {path}: {reason} (LoadGen FromConfig returned {status})")
+        raise RulesError(f"user.conf {path}: LoadGen's FromConfig rejected it (status {status})")
+
+
+_CONF_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|0[xX][0-9a-fA-F]+)")
+
+
+def check_user_conf(path: Path) -> None:
+    """Raise :class:`RulesError` naming the line unless every line is one LoadGen accepts.
+
+    Accepted: blank lines, ``# comment`` lines and ``model.scenario.key = number`` (LoadGen reads
+    a ``#`` after the value as a bad value, so no trailing comments).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RulesError(f"user.conf {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"user.conf {path}: unreadable ({e})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens or tokens[0] == "#" or (len(tokens) == 1 and tokens[0].startswith("#")):
+            continue
+        if len(tokens) != 3 or tokens[1] != "=" or not _CONF_NUMBER.fullmatch(tokens[2]):
+            raise RulesError(
+                f"user.conf {path} line {number}: expected 'model.scenario.key = number', "
+                f"found {line.strip()!r}"
+            )
 
 
 def user_conf_text(settings: lg.TestSettings, scenario: str, round: str) -> str:

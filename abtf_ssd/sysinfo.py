@@ -187,17 +187,21 @@ def device_problem(framework: str, device: str) -> str | None:
     return None
 
 
+def model_problem(framework: str, model_path: str | None) -> str | None:
+    """Why ``framework`` cannot load the model file ``model_path`` (judged by its suffix), or None."""
+    suffixes = MODEL_SUFFIXES.get(framework)
+    if suffixes is None or not model_path or str(model_path).endswith(suffixes):
+        return None
+    return f"--framework={framework} loads {' or '.join(suffixes)} models, not {model_path}"
+
+
 def run_problem(framework: str, device: str, model_path: str | None = None) -> str | None:
     """Why a run of ``framework`` on ``device`` (with the model file ``model_path``) cannot work here.
 
     Checked before anything is downloaded: the device (:func:`device_problem`) and whether the
-    model file is in the framework's format.
+    model file is in the framework's format (:func:`model_problem`).
     """
-    problem = device_problem(framework, device)
-    if problem is None and model_path and not str(model_path).endswith(MODEL_SUFFIXES[framework]):
-        suffixes = " or ".join(MODEL_SUFFIXES[framework])
-        problem = f"--framework={framework} loads {suffixes} models, not {model_path}"
-    return problem
+    return device_problem(framework, device) or model_problem(framework, model_path)
 
 
 def collect(framework: str | None = None, device: str = "cpu", storage_path: str = ".") -> dict[str, Any]:

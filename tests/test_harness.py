@@ -237,3 +237,12 @@ def test_bad_options_fail_before_running(tmp_path, tiny_dataset, backend) -> Non
     with pytest.raises(ValueError, match="config 'demo', not the requested"):
         _run(tmp_path, tiny_dataset, backend, config_name="baseline_8MP_ss_scales_fm1_5x5_all")
     assert not (tmp_path / "results").exists()
+
+
+def test_an_audit_config_in_the_output_folder_is_refused(tmp_path, tiny_dataset, backend) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "audit.config").write_text("*.*.mode = 1\n")
+    with pytest.raises(FileExistsError, match="compliance run"):
+        _run(tmp_path, tiny_dataset, backend, output_dir=out)
+    assert (out / "audit.config").read_text() == "*.*.mode = 1\n"

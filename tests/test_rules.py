@@ -105,13 +105,47 @@ def test_user_conf_does_not_pull_in_loadgens_mlperf_conf(tmp_path: Path) -> None
     assert out == ["1215947953", "295229089", "1380859451", "0", "0.999", "9000000.0"]
 
 
-def test_bad_user_conf_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "line",
+    [
+        "ssd.SingleStream.target_latency = fast",
+        "ssd.SingleStream.target_latency = 5 # ms",
+        "ssd.SingleStream.target_latency 5",
+        "#note about the run",
+    ],
+)
+def test_bad_user_conf_is_refused_before_loadgen_sees_it(tmp_path: Path, line: str) -> None:
     conf = tmp_path / "user.conf"
-    conf.write_text("ssd.SingleStream.target_latency = fast\n")
-    with pytest.raises(RulesError, match=r"user\.conf.*format"):
+    conf.write_text(f"# header\n\n{line}\n")
+    with pytest.raises(RulesError, match=r"user\.conf .* line 3: expected 'model\.scenario\.key = number'"):
         make_test_settings("v0.5", "SingleStream", "performance", user_conf=conf)
+
+
+def test_missing_user_conf(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="no such file"):
         make_test_settings("v0.5", "SingleStream", "performance", user_conf=tmp_path / "missing.conf")
+
+
+def test_a_refused_user_conf_leaves_no_error_for_the_next_run(tmp_path: Path) -> None:
+    # LoadGen would log its own parse error and write it into the next run's detail log
+    conf = tmp_path / "user.conf"
+    conf.write_text("ssd.SingleStream.target_latency = fast\n")
+    with pytest.raises(RulesError):
+        make_test_settings("v0.5", "SingleStream", "performance", user_conf=conf)
+    settings = make_test_settings("v0.5", "SingleStream", "performance", "test", test_query_count=3)
+    sut = lg.ConstructSUT(
+        lambda samples: lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in samples]),
+        lambda: None,
+    )
+    qsl = lg.ConstructQSL(4, 4, lambda _: None, lambda _: None)
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(tmp_path)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    assert '"is_error": true' not in (tmp_path / "mlperf_log_detail.txt").read_text()
 
 
 def test_unknown_round_scenario_mode() -> None:

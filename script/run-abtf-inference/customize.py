@@ -8,6 +8,7 @@ cannot happen; ``preprocess`` (after them) prints the results table.
 """
 
 import os
+import sys
 
 # App run folder exported by app-abtf-ssd-reference -> the mode shown in the table.
 _RUN_FOLDERS = {
@@ -20,6 +21,12 @@ _RUN_FOLDERS = {
 _MODEL_FORMATS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
 _IMPLEMENTATIONS = ("reference",)
 _CATEGORIES = ("adas",)
+_RUN_KINDS = ("FIND_PERFORMANCE", "PERFORMANCE", "ACCURACY", "TEST01", "SUBMISSION")
+_OFF = ("", "no", "false", "off", "0")
+
+
+def _on(value):
+    return str(value).strip().lower() not in _OFF
 
 
 def predeps(i):
@@ -29,14 +36,13 @@ def predeps(i):
         from abtf_ssd.checker import DIVISIONS
         from abtf_ssd.harness import RunOptions
 
-        problem = _request_problem(env, rules, sysinfo, DIVISIONS)
+        in_container = _on(env.get("MLC_ABTF_RUN_DOCKER", "")) and env.get("MLC_RUN_STATE_DOCKER") != "yes"
+        problem = _request_problem(env, rules, sysinfo, DIVISIONS, check_device=not in_container)
         defaults = RunOptions(dataset_dir="")
     except ImportError as e:
         return {"return": 1, "error": f"run-abtf-inference: {e}; install the package: pip install -e ."}
     if problem:
         return {"return": 1, "error": f"run-abtf-inference: {problem}"}
-    if env.get("MLC_ABTF_RUN_DOCKER", "") not in ("", "no", "False", "false"):
-        print("run-abtf-inference: --docker is not implemented yet; running on this machine")
     env["MLC_ABTF_RUN_MODEL_FORMAT"] = _MODEL_FORMATS[env["MLC_ABTF_RUN_FRAMEWORK"]]
     env["MLC_ABTF_RUN_RESULTS_DIR"] = os.path.abspath(
         env.get("MLC_ABTF_RUN_RESULTS_DIR") or defaults.results_dir
@@ -62,10 +68,22 @@ def predeps(i):
         env["MLC_ABTF_SUBMISSION_TEST_MODE"] = "no" if valid else "yes"
         if env["MLC_ABTF_SUBMISSION_DIVISION"] == "closed":
             env["MLC_ABTF_RUN_DO_TEST01"] = "yes"
+    if in_container:
+        _run_in_container_only(env)
     return {"return": 0}
 
 
-def _request_problem(env, rules, sysinfo, divisions):
+def _run_in_container_only(env):
+    """--docker: this machine fetches only what MLC_USE_*_FROM_HOST asks for; the rest runs inside."""
+    env["MLC_ABTF_RUN_DOCKER_HOST"] = "yes"
+    for what in ("MODEL", "DATASET"):
+        if not _on(env.get(f"MLC_USE_{what}_FROM_HOST", "")):
+            env[f"MLC_ABTF_RUN_SKIP_{what}"] = "yes"
+    for kind in _RUN_KINDS:
+        env.pop(f"MLC_ABTF_RUN_DO_{kind}", None)
+
+
+def _request_problem(env, rules, sysinfo, divisions, check_device):
     """What makes this request impossible, or None."""
     model = env["MLC_ABTF_RUN_MODEL"]
     if model != rules.MODEL_NAME:
@@ -81,13 +99,16 @@ def _request_problem(env, rules, sysinfo, divisions):
         rules.loadgen_scenario(env["MLC_ABTF_RUN_SCENARIO"])
     except ValueError as e:
         return str(e)
-    return sysinfo.run_problem(
-        env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH")
-    )
+    framework, model_path = env["MLC_ABTF_RUN_FRAMEWORK"], env.get("MLC_ABTF_ML_MODEL_PATH")
+    if not check_device:  # the container has its own frameworks and devices
+        return sysinfo.model_problem(framework, model_path)
+    return sysinfo.run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], model_path)
 
 
 def preprocess(i):
     env = i["env"]
+    if env.get("MLC_ABTF_RUN_DOCKER_HOST") == "yes":
+        return _docker(env)
     try:
         from abtf_ssd import report
 
@@ -112,4 +133,25 @@ def preprocess(i):
     if env.get("MLC_ABTF_RUN_DO_SUBMISSION") == "yes":
         print(f"Submission: {env['MLC_ABTF_SUBMISSION_DIR']}")
     env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_APP_SCENARIO_DIR"]
+    return {"return": 0}
+
+
+def _docker(env):
+    """The same mlcr command inside a container (abtf_ssd.container); results land in results_dir."""
+    from abtf_ssd.container import run_from_mlc
+
+    device = env["MLC_ABTF_RUN_DEVICE"].partition(":")[0]
+    result = run_from_mlc(
+        sys.argv,
+        device="cpu" if device == "cpu" else "cuda",
+        results_dir=env["MLC_ABTF_RUN_RESULTS_DIR"],
+        dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
+        model_path=env.get("MLC_ABTF_ML_MODEL_PATH") or None,
+        dataset_from_host=_on(env.get("MLC_USE_DATASET_FROM_HOST", "")),
+        model_from_host=_on(env.get("MLC_USE_MODEL_FROM_HOST", "")),
+    )
+    if result["return"]:
+        return {"return": 1, "error": f"run-abtf-inference --docker: {result['error']}"}
+    print(f"Results folder: {env['MLC_ABTF_RUN_RESULTS_DIR']}")
+    env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_RUN_RESULTS_DIR"]
     return {"return": 0}
