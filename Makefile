@@ -35,9 +35,11 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
-# `mlc add repo` fails on a path that is already registered, so look first.
+# `mlc add repo` fails on a path that is already registered, so look first. It runs inside
+# $(MLC_REPOS) because mlc writes its .mlc-log.txt into the current folder.
 register: install
-	@grep -qF '"$(CURDIR)"' "$(MLC_REPOS)/repos.json" 2>/dev/null || $(BIN)/mlc add repo "$(CURDIR)"
+	@grep -qF '"$(CURDIR)"' "$(MLC_REPOS)/repos.json" 2>/dev/null || \
+		(mkdir -p "$(MLC_REPOS)" && cd "$(MLC_REPOS)" && "$(abspath $(BIN))/mlc" add repo "$(CURDIR)")
 
 # Every bench/bench_*.py; writes bench/REPORT.md and bench/REPORT.json (bench/README.md).
 bench: install

@@ -96,6 +96,12 @@ def _accuracy(**options: Any) -> None:
     print(format_accuracy(accuracy_main(**options)), end="")
 
 
+def _show(**options: Any) -> None:
+    from abtf_ssd.show import render
+
+    print(render(**options))
+
+
 def _sysinfo(out: str | None = None, **options: Any) -> None:
     from abtf_ssd.sysinfo import collect, write_sut_info
 
@@ -239,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--prefix", "prefix", "sample file prefix")
     p.set_defaults(handler=_accuracy)
 
+    p = sub.add_parser("show", help="draw one frame of an accuracy run: ground truth and predictions (PNG)")
+    _opt(p, "--result-dir", "source", "accuracy run folder or its mlperf_log_accuracy.json", required=True)
+    _opt(p, "--dataset", "dataset_dir", "the run's preprocessed folder", required=True)
+    _opt(p, "--sample", "sample_index", "sample index (qsl_idx)", type=int, required=True)
+    _opt(p, "--out", "out_png", "PNG to write", required=True)
+    _opt(p, "--raw-frame", "raw_frame", "the original PNG to draw on (default: the denormalised input)")
+    _opt(p, "--config", "config_name", "model config (default: from the image size)")
+    _opt(p, "--score-threshold", "score_threshold", "lowest score drawn", type=float)
+    _opt(p, "--max-predictions", "max_predictions", "most predictions drawn", type=int)
+    _opt(p, "--prefix", "prefix", "sample file prefix")
+    p.set_defaults(handler=_show)
+
     p = sub.add_parser("sysinfo", help="describe this system (mlc-sut-info.json)")
     _opt(p, "--out", "out", "file to write (default: print)")
     _opt(p, "--framework", "framework", "framework whose version to record", choices=FRAMEWORKS)
@@ -254,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[..., None] = args.pop("handler")
     try:
         handler(**args)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"abtf-ssd {command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"abtf-ssd {command}: error: {message}", file=sys.stderr)
         return 1
     return 0
 

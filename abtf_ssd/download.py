@@ -33,6 +33,7 @@ import codecs
 import configparser
 import contextlib
 import datetime
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -159,6 +160,10 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """A tarball member would land outside the destination or is not a plain file, folder or link."""
+
+
+class InsufficientSpaceError(DownloadError):
+    """Too little free space to extract a verified tarball; the tarball is kept for the rerun."""
 
 
 class RcloneLoginRequired(DownloadError):
@@ -624,7 +629,8 @@ def extract_tarball(
     ``expected_sha256`` apply to a single tarball. A tarball whose only top-level entry is a folder
     named ``final_name`` is unwrapped (``val_2d.tar.gz`` holds ``val_2d/``). On any failure nothing
     appears at ``out_dir/final_name`` and the tarballs stay; on success they are deleted unless
-    ``remove_tarball`` is False. Raises ChecksumError, UnsafeArchiveError, DownloadError.
+    ``remove_tarball`` is False. Raises ChecksumError, UnsafeArchiveError, InsufficientSpaceError
+    (too little room to extract), DownloadError.
     """
     paths = [Path(tarballs)] if isinstance(tarballs, (str, Path)) else [Path(t) for t in tarballs]
     if not paths:
@@ -642,11 +648,13 @@ def extract_tarball(
         total += path.stat().st_size
         if expected_size is not None and path.stat().st_size != expected_size:
             raise ChecksumError(f"{path}: {path.stat().st_size} bytes, expected {expected_size}")
+    kept = ", ".join(str(p) for p in paths)
     # Tar overhead aside, the extracted data is at least about as large as the compressed tarball.
     free = shutil.disk_usage(out_dir).free
     if free < total * 0.99:
-        raise DownloadError(
-            f"{out_dir}: {free / 1e9:.1f} GB free, extracting {final_name} needs over {total / 1e9:.1f} GB"
+        raise InsufficientSpaceError(
+            f"{out_dir}: {free / 1e9:.1f} GB free, extracting {final_name} needs over {total / 1e9:.1f} GB; "
+            f"free space and rerun (the downloaded {kept} is kept, nothing is downloaded again)"
         )
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{final_name}.extract-"))
@@ -654,7 +662,19 @@ def extract_tarball(
         files: dict[str, dict[str, object]] = {}
         for path in paths:
             _say(f"# extracting {path} -> {final}")
-            files[path.name] = _stream_extract(path, tmp)
+            try:
+                files[path.name] = _stream_extract(path, tmp)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientSpaceError(
+                        f"{out_dir}: the disk filled up while extracting {path} (the extracted data is "
+                        f"larger than the tarball); free space and rerun (the downloaded {kept} is kept, "
+                        "nothing is downloaded again)"
+                    ) from None
+                raise DownloadError(
+                    f"{path}: extracting into {out_dir} failed ({exc}); rerun once that is fixed "
+                    f"(the downloaded {kept} is kept)"
+                ) from None
             if expected_sha256 is not None and files[path.name]["sha256"] != expected_sha256.lower():
                 raise ChecksumError(
                     f"{path}: sha256 {files[path.name]['sha256']}, expected {expected_sha256}"
@@ -795,8 +815,9 @@ def _install(artifact: Artifact, out_dir: Path, payload: list[Path], source: str
         _write_marker(folder / MARKER_NAME, artifact.name, source, {})
         os.replace(folder, final)
         return final
-    except DownloadError:
-        # A corrupt or unsafe download must not be skipped as "already there" by the next run.
+    except (ChecksumError, UnsafeArchiveError):
+        # A corrupt or unsafe download must not be skipped as "already there" by the next run. Any
+        # other failure (no space, an entry in the way) keeps it: the rerun needs no new download.
         for path in payload:
             _remove(path)
         raise

@@ -65,8 +65,10 @@ class DiskSpaceError(PreprocessError):
     """The output folder's file system has too little free space for the samples still to write."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list; nothing it asked for was called."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global outside the allow-list; nothing it asked for was called.
+
+    Also a ValueError: bad input, reported like every other malformed file (one line from the CLI)."""
 
 
 SafeUnpickleError = UnsafePickleError

@@ -30,37 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from abtf_ssd.accuracy import MapResult, compute_map
+from abtf_ssd.boxes import SCALE_WH, SCALE_XY, decode_batch, default_boxes
 from abtf_ssd.config import SSDConfig, get_config
-from abtf_ssd.model import SSDResNet50, build_ssd, init_weights
+from abtf_ssd.model import SSDResNet50, build_ssd, init_weights, load_checkpoint
 from abtf_ssd.preprocess import load_sample
 
 log = logging.getLogger(__name__)
 
-SCALE_XY = 0.1
-SCALE_WH = 0.2
-# TODO(boxes.py): import SCALE_XY, SCALE_WH and default_boxes from abtf_ssd.boxes once it exists.
-
 MATCH_IOU = 0.5
 NEGATIVES_PER_POSITIVE = 3
-
-
-def default_boxes(config: SSDConfig) -> np.ndarray:
-    """(A, 4) float32 anchors ``[cx, cy, w, h]`` in [0, 1], in the head output order."""
-    height, width = config.image_size
-    boxes = []
-    for k, (fh, fw) in enumerate(config.feat_size):
-        sk1, sk2 = config.scales[k], config.scales[k + 1]
-        sk3 = math.sqrt(sk1 * sk2)
-        sizes = [(sk1 / width, sk1 / height), (sk3 / width, sk3 / height)]
-        sizes += [
-            (sk1 * math.sqrt(a) / width, sk1 / (math.sqrt(a) * height)) for a in config.aspect_ratios[k]
-        ]
-        step = config.steps[k]
-        for w, h in sizes:
-            for i in range(fh):
-                for j in range(fw):
-                    boxes.append(((j + 0.5) * step / width, (i + 0.5) * step / height, w, h))
-    return np.clip(np.asarray(boxes, dtype=np.float32), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -244,7 +223,7 @@ def train(
     config = get_config(config_name)
     images, targets = load_training_set(train_dir, prefix, config)
     log.info("loaded %d samples from %s", len(images), train_dir)
-    anchors = torch.from_numpy(default_boxes(config))
+    anchors = torch.from_numpy(default_boxes(config).copy())
     use_bf16 = cpu_has_native_bf16() if bf16 is None else bf16
     model = init_weights(build_ssd(config_name), seed).train()
     memory_format = torch.channels_last if use_bf16 else torch.contiguous_format
@@ -280,7 +259,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         smoothed = loss_value if smoothed is None else 0.95 * smoothed + 0.05 * loss_value
         iteration += 1
         if iteration % log_every == 0:
@@ -300,3 +279,32 @@ def train(
     save_checkpoint(model, out_path, half, iterations=iteration, seed=seed, finished=True, minutes=minutes)
     log.info("done: %d iterations in %.0f s, last loss %.4f -> %s", iteration, seconds, loss_value, out_path)
     return TrainResult(Path(out_path), iteration, seconds, loss_value)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    config_name: str = "demo",
+    prefix: str = "val",
+    count: int | None = None,
+    batch_size: int = 8,
+    threads: int = 2,
+) -> MapResult:
+    """COCO mAP of a checkpoint on preprocessed samples, with the benchmark's decoder and metric.
+
+    Runs the PyTorch model on ``<prefix>_<i>.pkl`` (the first ``count``, default all), decodes with
+    :func:`abtf_ssd.boxes.decode_batch` and scores with :func:`abtf_ssd.accuracy.compute_map`.
+    """
+    torch.set_num_threads(threads)
+    config = get_config(config_name)
+    model = load_checkpoint(build_ssd(config_name), checkpoint).eval()
+    images, _ = load_training_set(data_dir, prefix, config)
+    if count is not None:
+        images = images[:count]
+    detections: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            loc, conf = model(images[start : start + batch_size])
+            for k, frame in enumerate(decode_batch(loc.numpy(), conf.numpy(), config)):
+                detections[start + k] = frame
+    return compute_map(detections, data_dir, prefix=prefix)

@@ -133,6 +133,20 @@ def test_run_and_accuracy_commands(tiny_dataset, demo_onnx_model: Path, tmp_path
     assert re.match(r"mAP: [0-9.]+\n", printed)
     assert (run_dir / "accuracy.txt").read_text() == written == printed
 
+    png = tmp_path / "frame0.png"
+    show = [
+        "show",
+        "--result-dir",
+        str(run_dir),
+        "--dataset",
+        str(tiny_dataset.preprocessed),
+        "--out",
+        str(png),
+    ]
+    assert cli.main([*show, "--sample", "0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main([*show, "--sample", "5"]) == 1  # the run answered samples 0 and 1 only
+
 
 def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> None:
     from abtf_ssd.checker import SYSTEM_FIELDS

@@ -52,6 +52,11 @@ def preprocess(i):
             from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
 
             options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
+            if env.get("MLC_ABTF_RUN_DATASET_SOURCE", "").startswith("synthetic") and not env.get(
+                "MLC_ABTF_RUN_TEST_QUERY_COUNT"
+            ):
+                # A synthetic set is small: a test run covers all of it, so the mAP is over every frame.
+                options = dataclasses.replace(options, test_query_count=_sample_count(options))
             options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
             test = env.get("MLC_ABTF_RUN_COMPLIANCE_TEST")
             if test and options.audit_config is None:
@@ -78,6 +83,12 @@ def preprocess(i):
     env["MLC_ABTF_APP_SYSTEM_NAME"] = options.system_name
     env["MLC_ABTF_APP_CONFIG"] = options.config_name
     return {"return": 0}
+
+
+def _sample_count(options):
+    from abtf_ssd.accuracy import count_samples
+
+    return count_samples(options.dataset_dir, options.dataset_prefix)
 
 
 def _official_audit_config(round, test, folder):

@@ -164,11 +164,10 @@ def test_disk_full_mid_run_names_the_sample_and_keeps_finished_work(tiny_dataset
             real_write(path, img, gt_boxes)
             calls.append(path)
             if len(calls) == 4:  # leave less than one sample of room
-                with filler.open("wb") as f:
+                with filler.open("wb", buffering=0) as f:
                     with pytest.raises(OSError):
                         while True:
                             f.write(b"\0" * 65536)
-                            f.flush()
 
         monkeypatch.setattr(preprocess, "write_sample", write_then_fill)
         with pytest.raises(PreprocessError) as info:
@@ -180,7 +179,7 @@ def test_disk_full_mid_run_names_the_sample_and_keeps_finished_work(tiny_dataset
         assert all(is_complete_pickle(out / name) for name in samples(out))
         assert not temp_files(out) and not (out / MANIFEST_NAME).exists()
 
-        monkeypatch.undo()
+        monkeypatch.setattr(preprocess, "write_sample", real_write)
         filler.unlink()
         resume(tiny_dataset.raw_root, split, out, workers=1)
         assert tree_digest(out) == tree_digest(tiny_dataset.preprocessed)
