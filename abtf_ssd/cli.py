@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from abtf_ssd.backends import FRAMEWORKS
+from abtf_ssd.download import MODEL_FORMATS
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
 """The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
-
-MODEL_FORMATS = ("onnx", "pytorch")
 
 
 def export_model(
@@ -197,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--out", "out", "output file", required=True)
     _opt(p, "--checkpoint", "checkpoint", "weights to load (default: seeded random initialisation)")
     _opt(p, "--seed", "seed", "initialisation seed without --checkpoint", type=int)
-    _opt(p, "--format", "model_format", "output format", choices=MODEL_FORMATS)
+    _opt(p, "--format", "model_format", "output format", choices=tuple(MODEL_FORMATS))
     _opt(p, "--batch-size", "batch_size", "example batch size of the export", type=int)
     p.set_defaults(handler=_export)
 

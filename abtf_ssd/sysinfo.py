@@ -26,6 +26,8 @@ FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
 """--framework value -> the distribution whose version is the framework's."""
 MODEL_SUFFIXES = {"onnxruntime": (".onnx",), "pytorch": (".pth", ".pt")}
 """--framework value -> the model file suffixes it loads."""
+MODEL_FORMAT_OF_FRAMEWORK = {"onnxruntime": "onnx", "pytorch": "pytorch"}
+"""--framework value -> the model format (``_onnx`` / ``_pytorch`` of get-ml-model-ssd-resnet50)."""
 
 SOFTWARE_PACKAGES = ("mlcommons-loadgen", "numpy", "onnx", "torchmetrics", "faster-coco-eval", "mlcflow")
 """Other packages whose versions belong in ``other_software_stack``."""
@@ -190,7 +192,9 @@ def device_problem(framework: str, device: str) -> str | None:
 def model_problem(framework: str, model_path: str | None) -> str | None:
     """Why ``framework`` cannot load the model file ``model_path`` (judged by its suffix), or None."""
     suffixes = MODEL_SUFFIXES.get(framework)
-    if suffixes is None or not model_path or str(model_path).endswith(suffixes):
+    if suffixes is None:
+        return f"unknown framework {framework!r}; supported: {', '.join(MODEL_SUFFIXES)}"
+    if not model_path or str(model_path).endswith(suffixes):
         return None
     return f"--framework={framework} loads {' or '.join(suffixes)} models, not {model_path}"
 

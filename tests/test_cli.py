@@ -176,3 +176,17 @@ def test_impossible_device_and_format_are_explained() -> None:
     assert "loads .onnx models, not model.pth" in run_problem("onnxruntime", "cpu", "model.pth")
     if device_problem("onnxruntime", "cuda") is not None:
         assert "CUDAExecutionProvider" in device_problem("onnxruntime", "cuda")
+
+
+def test_train_writes_a_loadable_checkpoint(
+    tiny_dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from abtf_ssd.model import build_ssd, load_checkpoint
+
+    out = tmp_path / "trained.pth"
+    train = ["train", "--data", str(tiny_dataset.preprocessed), "--out", str(out), "--prefix", "val"]
+    assert (
+        cli.main([*train, "--config", "demo", "--max-iters", "1", "--batch-size", "2", "--threads", "2"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["iterations"] == 1
+    load_checkpoint(build_ssd("demo"), out)

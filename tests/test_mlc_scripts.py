@@ -207,6 +207,22 @@ def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, 
     assert "no login token" in output and "rclone" in output
 
 
+def test_full_run_on_real_data_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
+    env, home = mlc_home
+    output = mlcr(
+        env,
+        home,
+        "run-abtf-inference,reference,_v0.5,_full",
+        "--model=ssd",
+        "--device=cpu",
+        "--framework=onnxruntime",
+        "--scenario=SingleStream",
+        ok=False,
+    )
+    assert "get-ml-model-ssd-resnet50: rclone remote 'mlc-cognata'" in output and "no login token" in output
+    assert not (home / "results" / "default" / "ssd").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -235,7 +251,27 @@ def test_cuda_without_gpu_fails_before_any_download(mlc_home: tuple[dict[str, st
     env, home = mlc_home
     output = mlcr(env, home, "run-abtf-inference,reference,_v0.5,_synthetic", "--device=cuda", ok=False)
     assert "CUDAExecutionProvider" in output
-    assert not (home / "results").exists()
+    assert not (home / "results" / "default" / "ssd").exists()
+
+
+def test_docker_dry_run_fetches_only_what_the_host_should(mlc_home: tuple[dict[str, str], Path]) -> None:
+    env, home = mlc_home
+    results = home / "docker_results"
+    output = mlcr(
+        env,
+        home,
+        "run-abtf-inference,reference,_v0.5,_synthetic",
+        "--device=cpu",
+        f"--results_dir={results}",
+        "--docker",
+        "--docker_dryrun",
+        "--env.MLC_USE_MODEL_FROM_HOST=yes",
+    )
+    run = next(line for line in output.splitlines() if line.startswith("docker run "))
+    assert "--model_path=/mnt/abtf-ssd/model/ssd_resnet50_synthetic.onnx" in run
+    assert "--dataset_path" not in run  # the dataset is made inside the container
+    assert "get,preprocessed,dataset" not in output and "app,abtf-inference" not in output
+    assert not (results / "default" / "ssd").exists()
 
 
 def test_accuracy_script_on_a_harness_run(
@@ -264,3 +300,47 @@ def test_accuracy_script_on_a_harness_run(
 def test_mlc_test_script(mlc_home: tuple[dict[str, str], Path], script: str) -> None:
     env, home = mlc_home
     run_checked([str(BIN / "mlc"), "test", "script", script, "--quiet"], env, home)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("_find-performance", ["expected_latency_ns.txt", "find-performance/mlperf_log_detail.txt"]),
+        ("_performance-only", ["performance/run_1/mlperf_log_summary.txt"]),
+        ("_accuracy-only", ["accuracy/accuracy.txt", "accuracy/mlperf_log_accuracy.json"]),
+        ("_submission", ["performance/run_1/mlperf_log_detail.txt", "accuracy/accuracy.txt"]),
+    ],
+)
+def test_run_kinds_on_synthetic_data(
+    mlc_home: tuple[dict[str, str], Path], kind: str, expected: list[str]
+) -> None:
+    env, home = mlc_home
+    results, submission = home / f"results{kind}", home / f"submission{kind}"
+    output = mlcr(
+        env,
+        home,
+        f"run-abtf-inference,reference,_v0.5,_synthetic,{kind}",
+        "--model=ssd",
+        "--device=cpu",
+        "--framework=onnxruntime",
+        "--scenario=SingleStream",
+        "--execution_mode=test",
+        "--frames=3",
+        "--test_query_count=2",
+        f"--results_dir={results}",
+        f"--submission_dir={submission}",
+        "--hw_name=synthetic-sut",
+    )
+    scenario = results / "synthetic-sut" / "ssd" / "SingleStream"
+    assert f"Results folder: {scenario}" in output
+    for name in expected:
+        assert (scenario / name).is_file(), name
+    assert (results / "synthetic-sut" / "mlc-sut-info.json").is_file()
+    if kind == "_submission":
+        tree = submission / "open" / "MLCommons"
+        assert (tree / "systems" / "synthetic-sut.json").is_file()
+        assert (
+            tree / "results" / "synthetic-sut" / "ssd" / "SingleStream" / "accuracy" / "accuracy.txt"
+        ).is_file()
+    else:
+        assert not submission.exists()

@@ -26,21 +26,20 @@ _OPTIONS = {
     "audit_config": ("MLC_ABTF_RUN_AUDIT_CONFIG", str),
     "dataset_prefix": ("MLC_ABTF_DATASET_PREFIX", str),
 }
-# --framework -> the model format variation of get-ml-model-ssd-resnet50.
-_MODEL_FORMATS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
 
 
 def predeps(i):
     """Refuse an impossible run before the model and dataset are fetched."""
     env = i["env"]
-    from abtf_ssd.sysinfo import run_problem
-
-    problem = run_problem(
-        env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH")
-    )
+    try:
+        from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
+    except ImportError as e:
+        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e ."}
+    framework = env["MLC_ABTF_RUN_FRAMEWORK"]
+    problem = run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH"))
     if problem:
         return {"return": 1, "error": f"app-abtf-ssd-reference: {problem}"}
-    env["MLC_ABTF_RUN_MODEL_FORMAT"] = _MODEL_FORMATS[env["MLC_ABTF_RUN_FRAMEWORK"]]
+    env["MLC_ABTF_RUN_MODEL_FORMAT"] = MODEL_FORMAT_OF_FRAMEWORK[framework]
     return {"return": 0}
 
 

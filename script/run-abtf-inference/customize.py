@@ -2,9 +2,10 @@
 
 The work happens in the dependencies (meta.yaml): system description, model, dataset, the
 app runs (find-performance, performance, accuracy, TEST01), the accuracy script and, for
-``_submission``, generate-mlperf-submission-automotive. ``predeps``
-refuses impossible requests before any of them starts, so nothing is downloaded for a run that
-cannot happen; ``preprocess`` (after them) prints the results table.
+``_submission``, generate-mlperf-submission-automotive. ``predeps`` refuses impossible requests
+before any of them starts, so nothing is downloaded for a run that cannot happen; ``preprocess``
+(after them) prints the results table. With ``--docker`` the dependencies are skipped except the
+downloads MLC_USE_*_FROM_HOST ask for, and ``preprocess`` runs the same command in a container.
 """
 
 import os
@@ -17,8 +18,6 @@ _RUN_FOLDERS = {
     "MLC_ABTF_APP_ACCURACY_DIR": "accuracy",
     "MLC_ABTF_APP_TEST01_PERFORMANCE_DIR": "TEST01",
 }
-# --framework -> the format variation of get-ml-model-ssd-resnet50.
-_MODEL_FORMATS = {"onnxruntime": "onnx", "pytorch": "pytorch"}
 _IMPLEMENTATIONS = ("reference",)
 _CATEGORIES = ("adas",)
 _RUN_KINDS = ("FIND_PERFORMANCE", "PERFORMANCE", "ACCURACY", "TEST01", "SUBMISSION")
@@ -43,7 +42,7 @@ def predeps(i):
         return {"return": 1, "error": f"run-abtf-inference: {e}; install the package: pip install -e ."}
     if problem:
         return {"return": 1, "error": f"run-abtf-inference: {problem}"}
-    env["MLC_ABTF_RUN_MODEL_FORMAT"] = _MODEL_FORMATS[env["MLC_ABTF_RUN_FRAMEWORK"]]
+    env["MLC_ABTF_RUN_MODEL_FORMAT"] = sysinfo.MODEL_FORMAT_OF_FRAMEWORK[env["MLC_ABTF_RUN_FRAMEWORK"]]
     env["MLC_ABTF_RUN_RESULTS_DIR"] = os.path.abspath(
         env.get("MLC_ABTF_RUN_RESULTS_DIR") or defaults.results_dir
     )
