@@ -4,17 +4,21 @@
 
 Each subcommand maps its options onto one library function. Options left out are not passed at
 all, so the library's own defaults apply and are stated only there. Errors the library raises for
-bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1.
+bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1; so is a
+``run`` in which queries failed, after its results table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +52,40 @@ def export_model(
     else:
         init_weights(model, seed)
     if model_format == "onnx":
-        return export_onnx(model, out, batch_size=batch_size)
+        with _quiet_onnx_exporter():
+            return export_onnx(model, out, batch_size=batch_size)
     return save_checkpoint(model, out, half=False, seed=seed, source=str(checkpoint or "random"))
+
+
+_ONNX_EXPORTER_LOGGER = "torch.onnx"
+_PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+"""A FutureWarning torch's own exporter triggers in torch 2.13: nothing the caller can act on."""
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Hold back the ONNX exporter's chatter unless INFO logging is on (``abtf-ssd -v``).
+
+    The ``[torch.onnx]`` progress lines it prints are kept and written to stderr if the export
+    fails; its warnings about operator libraries the model does not use (torchvision) and the
+    pytree deprecation are dropped. Errors it logs and exceptions it raises still come through.
+    """
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    exporter_logger = logging.getLogger(_ONNX_EXPORTER_LOGGER)
+    level = exporter_logger.level
+    progress = io.StringIO()
+    exporter_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(progress):
+            warnings.filterwarnings("ignore", message=_PYTREE_DEPRECATION, category=FutureWarning)
+            yield
+    except BaseException:
+        sys.stderr.write(progress.getvalue())
+        raise
+    finally:
+        exporter_logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +123,9 @@ def _run(**options: Any) -> None:
 
     result = run(RunOptions(**options))
     print(f"results: {result.output_dir}")
+    if not result.ok:
+        # A performance run with failed queries returns (its logs and table are kept): exit 1 all the same.
+        raise RuntimeError(result.failure_message())
 
 
 def _accuracy(**options: Any) -> None:

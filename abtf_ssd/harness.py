@@ -15,7 +15,8 @@ copied there only when one is given explicitly (a compliance run).
 
 A query whose inference raises is answered with an empty response so that LoadGen can finish,
 and counted: an accuracy run with any such query raises :class:`RunFailedError` naming the
-samples (an empty answer would silently lower the mAP), a performance run reports the count.
+samples (an empty answer would silently lower the mAP), a performance run reports the count
+(``RunResult.ok`` is False; ``abtf-ssd run`` exits 1).
 """
 
 from __future__ import annotations
@@ -132,6 +133,20 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def failure_message(self) -> str:
+        """What failed, for a person: the samples whose queries raised and the first error."""
+        samples = self.failed_samples
+        consequence = (
+            "the latencies are not valid"
+            if self.options.mode == "performance"
+            else "no accuracy.txt or expected latency written"
+        )
+        return (
+            f"{self.options.mode} run failed: {len(samples)} sample(s) raised during inference and were "
+            f"answered with no detections ({consequence}): samples {samples}; first error: "
+            f"{self.failures[0].error} (details in {self.output_dir / RESULTS_JSON})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +382,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         stored = scenario_dir(options) / EXPECTED_LATENCY_FILE
         print(f"expected latency {result.expected_latency_ns} ns written to {stored}")
     if options.mode != "performance" and result.failures:
-        raise RunFailedError(_failure_message(result), result)
+        raise RunFailedError(result.failure_message(), result)
     return result
 
 
@@ -442,16 +457,6 @@ def _measured_latency(summary: report.RunSummary) -> int:
     if summary.mean_ms is None:
         raise RuntimeError("find-performance: LoadGen reported no latency; see mlperf_log_detail.txt")
     return max(1, round(summary.mean_ms * 1e6))
-
-
-def _failure_message(result: RunResult) -> str:
-    samples = result.failed_samples
-    return (
-        f"{result.options.mode} run failed: {len(samples)} sample(s) raised during inference and were "
-        f"answered with no detections (no accuracy.txt or expected latency written): samples {samples}; "
-        "first error: "
-        f"{result.failures[0].error} (details in {result.output_dir / RESULTS_JSON})"
-    )
 
 
 def _write_results_json(

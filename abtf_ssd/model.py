@@ -240,6 +240,7 @@ def export_onnx(model: SSDResNet50, path: str | os.PathLike[str], batch_size: in
     os.close(fd)
     try:
         program.save(tmp, external_data=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

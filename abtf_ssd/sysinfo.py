@@ -4,8 +4,9 @@
 versions of the software in the measurement path, using field names of the submission's
 ``systems/<system>.json`` where one fits; :func:`write_sut_info` saves it as ``mlc-sut-info.json``.
 Everything is read from ``/proc``, ``/sys``, ``platform`` and the installed packages; a value that
-cannot be found is ``""`` rather than a guess. :func:`device_problem` says, before any download,
-why a framework cannot run on a device here.
+cannot be found is ``""`` rather than a guess. :func:`run_problem` says, before any download,
+why a run cannot work here (the device through :func:`abtf_ssd.backends.check_device`, the
+model file's format).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from abtf_ssd.backends import FRAMEWORK_PACKAGES, check_device
+
 SUT_INFO_NAME = "mlc-sut-info.json"
 
-FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
-"""--framework value -> the distribution whose version is the framework's."""
 MODEL_SUFFIXES = {"onnxruntime": (".onnx",), "pytorch": (".pth", ".pt")}
 """--framework value -> the model file suffixes it loads."""
 MODEL_FORMAT_OF_FRAMEWORK = {"onnxruntime": "onnx", "pytorch": "pytorch"}
@@ -149,46 +150,6 @@ def nvidia_gpus() -> list[dict[str, str]]:
     return gpus
 
 
-def device_problem(framework: str, device: str) -> str | None:
-    """Why ``framework`` cannot run on ``device`` ("cpu", "cuda[:N]", "tensorrt[:N]") here, or None.
-
-    Only the framework's own view counts: an ONNX Runtime without the CUDA execution provider
-    cannot use a GPU even where ``nvidia-smi`` sees one.
-    """
-    from abtf_ssd.backends import FRAMEWORKS, parse_device
-
-    if framework not in FRAMEWORKS:
-        return f"unknown framework {framework!r}; supported: {', '.join(FRAMEWORKS)}"
-    if not package_version(FRAMEWORK_PACKAGES[framework]):
-        return f"{framework} is not installed (pip install {FRAMEWORK_PACKAGES[framework]})"
-    try:
-        if framework == "onnxruntime":
-            import onnxruntime
-
-            from abtf_ssd.backends.onnxruntime_backend import providers_for
-
-            available = onnxruntime.get_available_providers()
-            missing = [name for name, _ in providers_for(device) if name not in available]
-            if missing:
-                return (
-                    f"--device={device} needs {', '.join(missing)}, but this onnxruntime provides only "
-                    f"{', '.join(available)}; on a machine with an NVIDIA GPU install onnxruntime-gpu"
-                )
-            return None
-        from abtf_ssd.backends.pytorch_backend import DEVICE_KINDS
-
-        kind, index = parse_device(device, DEVICE_KINDS)
-        if kind == "cuda":
-            import torch
-
-            count = torch.cuda.device_count()
-            if count <= index:
-                return f"--device={device}: torch {torch.__version__} sees {count} CUDA device(s)"
-    except ValueError as error:
-        return str(error)
-    return None
-
-
 def model_problem(framework: str, model_path: str | None) -> str | None:
     """Why ``framework`` cannot load the model file ``model_path`` (judged by its suffix), or None."""
     suffixes = MODEL_SUFFIXES.get(framework)
@@ -202,10 +163,10 @@ def model_problem(framework: str, model_path: str | None) -> str | None:
 def run_problem(framework: str, device: str, model_path: str | None = None) -> str | None:
     """Why a run of ``framework`` on ``device`` (with the model file ``model_path``) cannot work here.
 
-    Checked before anything is downloaded: the device (:func:`device_problem`) and whether the
-    model file is in the framework's format (:func:`model_problem`).
+    Checked before anything is downloaded: the device (:func:`abtf_ssd.backends.check_device`) and
+    whether the model file is in the framework's format (:func:`model_problem`).
     """
-    return device_problem(framework, device) or model_problem(framework, model_path)
+    return check_device(framework, device) or model_problem(framework, model_path)
 
 
 def collect(framework: str | None = None, device: str = "cpu", storage_path: str = ".") -> dict[str, Any]:

@@ -185,6 +185,7 @@ def save_checkpoint(
     os.close(fd)
     try:
         torch.save({"model_state_dict": state, "config": model.config.name, **extra}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -254,11 +254,10 @@ def machine() -> dict[str, Any]:
 def cuda_status() -> dict[str, Any]:
     """Whether CUDA benchmarks could run here, and why not."""
     from abtf_ssd import sysinfo
+    from abtf_ssd.backends import FRAMEWORKS, check_device
 
     gpus = sysinfo.nvidia_gpus()
-    problems = {
-        framework: sysinfo.device_problem(framework, "cuda") for framework in sysinfo.FRAMEWORK_PACKAGES
-    }
+    problems = {framework: check_device(framework, "cuda") for framework in FRAMEWORKS}
     return {
         "gpus": gpus,
         "available": bool(gpus) and any(p is None for p in problems.values()),

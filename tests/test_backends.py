@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from abtf_ssd.backends import BackendError, create_backend
+from abtf_ssd.backends import BackendError, check_device, create_backend
 from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
 from abtf_ssd.model import build_ssd, export_onnx, init_weights
@@ -146,16 +146,20 @@ def test_onnxruntime_gpu_request_without_the_provider_is_an_error(tmp_path: Path
     model = _fake_onnx(tmp_path / "fake.onnx", DEMO.image_size, DEMO.num_anchors)
     with pytest.raises(
         BackendError, match=rf"device '{device}' needs .*{wanted}.*onnxruntime .*onnxruntime-gpu"
-    ):
+    ) as info:
         create_backend("onnxruntime", model, device=device)
+    assert str(info.value) == check_device("onnxruntime", device)  # the check before any download
 
 
 def test_pytorch_cuda_request_without_cuda_is_an_error(demo_weights: tuple[Path, Path]) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     checkpoint, _ = demo_weights
-    with pytest.raises(BackendError, match=r"device 'cuda' asked for, but torch .* sees no CUDA device"):
+    with pytest.raises(
+        BackendError, match=r"device 'cuda' asked for, but torch .* sees no CUDA device"
+    ) as info:
         create_backend("pytorch", checkpoint, device="cuda")
+    assert str(info.value) == check_device("pytorch", "cuda")
 
 
 def test_model_outputs_not_matching_the_config_are_refused(tmp_path: Path) -> None:

@@ -116,6 +116,19 @@ def test_export_pytorch_checkpoint_loads_back(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
+def test_export_onnx_prints_only_the_path(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import onnx
+    import torch
+
+    torch.set_num_threads(2)
+    out = tmp_path / "demo.onnx"
+    assert cli.main(["export-onnx", "--config", "demo", "--out", str(out)]) == 0
+    captured = capfd.readouterr()
+    assert captured.out == f"{out}\n"
+    assert "[torch.onnx]" not in captured.err and "torchvision" not in captured.err, captured.err
+    assert [o.name for o in onnx.load(str(out), load_external_data=False).graph.output] == ["bboxes", "scores"]
+
+
 def test_run_and_accuracy_commands(tiny_dataset, demo_onnx_model: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     run = [
@@ -148,6 +161,32 @@ def test_run_and_accuracy_commands(tiny_dataset, demo_onnx_model: Path, tmp_path
     assert cli.main([*show, "--sample", "5"]) == 1  # the run answered samples 0 and 1 only
 
 
+def test_run_with_failed_queries_prints_the_table_and_exits_1(
+    tiny_dataset, demo_onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    dataset = shutil.copytree(tiny_dataset.preprocessed, tmp_path / "val")
+    for index in (1, 2, 3):  # cut short, as a bad copy leaves them; sample 0 serves the warm-up
+        sample = dataset / f"val_{index}.pkl"
+        sample.write_bytes(sample.read_bytes()[:5000])
+    results = tmp_path / "results"
+    run = [
+        "run", "--dataset-dir", str(dataset), "--model-path", str(demo_onnx_model), "--config-name", "demo",
+        "--mode", "performance", "--test-query-count", "4", "--threads", "1", "--results-dir", str(results),
+    ]  # fmt: skip
+    assert cli.main(run) == 1
+    captured = capsys.readouterr()
+    record = json.loads((results / "default/ssd/SingleStream/performance/run_1/results.json").read_text())
+    failed = record["failed_queries"]
+    assert failed > 0 and record["status"] == "failed"
+    assert re.search(rf"SingleStream\s+performance\s+4\s.*\s{failed}\s+\S", captured.out)
+    assert f"{failed} queries raised and were answered empty: run FAILED" in captured.out
+    error = captured.err.strip()
+    assert error.startswith("abtf-ssd run: error: performance run failed:") and "\n" not in error
+    assert f"samples {record['failed_samples']}" in error
+
+
 def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> None:
     from abtf_ssd.checker import SYSTEM_FIELDS
 
@@ -168,14 +207,16 @@ def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> Non
 
 
 def test_impossible_device_and_format_are_explained() -> None:
-    from abtf_ssd.sysinfo import device_problem, run_problem
+    from abtf_ssd.backends import check_device
+    from abtf_ssd.sysinfo import run_problem
 
-    assert device_problem("onnxruntime", "cpu") is None
-    assert "unknown framework" in device_problem("tensorflow", "cpu")
-    assert "unsupported device" in device_problem("pytorch", "tensorrt")
+    assert check_device("onnxruntime", "cpu") is None
+    assert "unknown framework" in check_device("tensorflow", "cpu")
+    assert "unsupported device" in check_device("pytorch", "tensorrt")
     assert "loads .onnx models, not model.pth" in run_problem("onnxruntime", "cpu", "model.pth")
-    if device_problem("onnxruntime", "cuda") is not None:
-        assert "CUDAExecutionProvider" in device_problem("onnxruntime", "cuda")
+    if check_device("onnxruntime", "cuda") is not None:
+        assert "CUDAExecutionProvider" in check_device("onnxruntime", "cuda")
+        assert run_problem("onnxruntime", "cuda") == check_device("onnxruntime", "cuda")
 
 
 def test_train_writes_a_loadable_checkpoint(

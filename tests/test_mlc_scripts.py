@@ -244,9 +244,9 @@ def test_impossible_requests_fail_before_any_download(
 
 
 def test_cuda_without_gpu_fails_before_any_download(mlc_home: tuple[dict[str, str], Path]) -> None:
-    from abtf_ssd.sysinfo import device_problem
+    from abtf_ssd.backends import check_device
 
-    if device_problem("onnxruntime", "cuda") is None:
+    if check_device("onnxruntime", "cuda") is None:
         pytest.skip("this machine can run onnxruntime on CUDA")
     env, home = mlc_home
     output = mlcr(env, home, "run-abtf-inference,reference,_v0.5,_synthetic", "--device=cuda", ok=False)

@@ -15,6 +15,7 @@ framework cannot use is an error, never a silent CPU run.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,12 @@ from typing import Protocol
 import numpy as np
 
 FRAMEWORKS = ("onnxruntime", "pytorch")
+FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
+"""--framework value -> the distribution to install for it (whose version the system description records)."""
+_BACKEND_MODULES = {
+    "onnxruntime": "abtf_ssd.backends.onnxruntime_backend",
+    "pytorch": "abtf_ssd.backends.pytorch_backend",
+}
 
 
 class BackendError(RuntimeError):
@@ -55,6 +62,26 @@ def parse_device(device: str, allowed: tuple[str, ...]) -> tuple[str, int]:
         forms = ", ".join(f"{k!r}" if k == "cpu" else f"{k!r} or '{k}:N'" for k in allowed)
         raise ValueError(f"unsupported device {device!r}; use {forms}")
     return kind, int(index or 0)
+
+
+def check_device(framework: str, device: str) -> str | None:
+    """Why ``framework`` cannot run on ``device`` ("cpu", "cuda[:N]", "tensorrt[:N]") here, or None.
+
+    Only the framework's own view counts: an ONNX Runtime without the CUDA execution provider
+    cannot use a GPU even where ``nvidia-smi`` sees one. Checks nothing but the framework and the
+    device (no model file), so it can run before anything is downloaded; the backends raise
+    :class:`BackendError` with the same reason.
+    """
+    if framework not in FRAMEWORKS:
+        return f"unknown framework {framework!r}; supported: {', '.join(FRAMEWORKS)}"
+    try:
+        backend_module = importlib.import_module(_BACKEND_MODULES[framework])
+    except ImportError as error:
+        return f"{framework} cannot be imported ({error}); pip install {FRAMEWORK_PACKAGES[framework]}"
+    try:
+        return backend_module.device_problem(device)
+    except ValueError as error:
+        return str(error)
 
 
 def check_batch(batch: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from abtf_ssd.backends import BackendError, check_batch, default_threads, parse_device
+from abtf_ssd.backends import BackendError, check_batch, check_device, default_threads, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
 
 DEVICE_KINDS = ("cpu", "cuda", "tensorrt")
@@ -52,16 +52,21 @@ def providers_for(device: str) -> list[tuple[str, dict[str, str]]]:
     return [(_TENSORRT, {"device_id": str(index)}), cuda, (_CPU, {})]
 
 
-def _require_providers(device: str, wanted: list[str]) -> None:
+def device_problem(device: str) -> str | None:
+    """The execution providers ``device`` needs that this onnxruntime lacks, as a reason; or None.
+
+    Use :func:`abtf_ssd.backends.check_device`. Raises ValueError for a malformed device.
+    """
     available = ort.get_available_providers()
-    missing = [p for p in wanted if p not in available]
-    if missing:
-        raise BackendError(
-            f"device {device!r} needs {', '.join(missing)}, but the installed onnxruntime package "
-            f"({_installed_package()}) provides only {', '.join(available)}. For NVIDIA GPUs replace it "
-            "with onnxruntime-gpu (pip uninstall -y onnxruntime && pip install onnxruntime-gpu), "
-            "which needs CUDA and cuDNN libraries matching its version (TensorRT too for 'tensorrt')."
-        )
+    missing = [name for name, _ in providers_for(device) if name not in available]
+    if not missing:
+        return None
+    return (
+        f"device {device!r} needs {', '.join(missing)}, but the installed onnxruntime package "
+        f"({_installed_package()}) provides only {', '.join(available)}. For NVIDIA GPUs replace it "
+        "with onnxruntime-gpu (pip uninstall -y onnxruntime && pip install onnxruntime-gpu), "
+        "which needs CUDA and cuDNN libraries matching its version (TensorRT too for 'tensorrt')."
+    )
 
 
 def _dims(shape: list) -> tuple:
@@ -95,7 +100,9 @@ class OnnxRuntimeBackend:
         self.model_path = Path(model_path)
         providers = providers_for(device)
         provider_names = [name for name, _ in providers]
-        _require_providers(device, provider_names)
+        problem = check_device("onnxruntime", device)
+        if problem:
+            raise BackendError(problem)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()

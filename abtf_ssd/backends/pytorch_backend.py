@@ -14,29 +14,39 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abtf_ssd.backends import BackendError, check_batch, default_threads, parse_device
+from abtf_ssd.backends import BackendError, check_batch, check_device, default_threads, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
 from abtf_ssd.model import SSDResNet50, build_ssd, load_checkpoint
 
 DEVICE_KINDS = ("cpu", "cuda")
 
 
-def _torch_device(device: str) -> torch.device:
+def device_problem(device: str) -> str | None:
+    """Why this torch cannot run on ``device`` (no CUDA, too few GPUs), or None.
+
+    Use :func:`abtf_ssd.backends.check_device`. Raises ValueError for a malformed device.
+    """
     kind, index = parse_device(device, DEVICE_KINDS)
     if kind == "cpu":
-        return torch.device("cpu")
+        return None
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
-        raise BackendError(
+        return (
             f"device {device!r} asked for, but torch {torch.__version__} ({build}) sees no CUDA device; "
             "install a CUDA build of torch (https://pytorch.org/get-started/locally/) on a machine with an "
             "NVIDIA GPU and driver"
         )
     if index >= torch.cuda.device_count():
-        raise BackendError(
-            f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
-    return torch.device("cuda", index)
+        return f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+    return None
+
+
+def _torch_device(device: str) -> torch.device:
+    kind, index = parse_device(device, DEVICE_KINDS)
+    problem = check_device("pytorch", device)
+    if problem:
+        raise BackendError(problem)
+    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
