@@ -16,9 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from abtf_ssd.cognata import CLASS_NAMES
+from abtf_ssd.fileio import atomic_write_text
 from abtf_ssd.preprocess import load_sample, read_manifest, sample_name
+from abtf_ssd.store import count_sample_files
 
 DETECTION_COLUMNS = 6
 """A response row: ``[x1, y1, x2, y2, label, score]`` float32, boxes in original pixels."""
@@ -168,17 +167,7 @@ def count_samples(dataset_dir: str | Path, prefix: str = "val") -> int:
     manifest = read_manifest(dataset_dir)
     if manifest is not None and manifest.get("prefix", prefix) == prefix:
         return int(manifest["count"])
-    pattern = re.compile(rf"{re.escape(prefix)}_(\d+)\.pkl")
-    indices = sorted(int(m.group(1)) for p in dataset_dir.iterdir() if (m := pattern.fullmatch(p.name)))
-    if not indices:
-        raise FileNotFoundError(f"{dataset_dir}: no {sample_name(prefix, 0)} ... sample files")
-    if indices[-1] != len(indices) - 1:
-        missing = next(i for i, found in enumerate(indices) if i != found)
-        raise FileNotFoundError(
-            f"{dataset_dir}: {sample_name(prefix, missing)} is missing ({len(indices)} files up to "
-            f"{sample_name(prefix, indices[-1])})"
-        )
-    return len(indices)
+    return count_sample_files(dataset_dir, prefix)[1]
 
 
 def load_ground_truth(
@@ -357,23 +346,8 @@ def format_accuracy(result: MapResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path
-
-
 def write_accuracy_txt(result: MapResult, path: str | Path) -> Path:
-    return write_text_atomic(path, format_accuracy(result))
+    return atomic_write_text(path, format_accuracy(result))
 
 
 def find_accuracy_log(result_dir: str | Path) -> Path:

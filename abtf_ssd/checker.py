@@ -337,15 +337,23 @@ def check_tree_hygiene(root: Path, report: CheckReport) -> None:
             report.add(here, "tree-empty-dir", "empty folder")
 
 
+def _read_json_object(path: Path, rule: str, report: CheckReport) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None (reported under ``rule``) when unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        report.add(path, rule, f"unreadable JSON: {exc}")
+        return None
+    if not isinstance(value, dict):
+        report.add(path, rule, "must hold a JSON object")
+        return None
+    return value
+
+
 def check_system_json(path: Path, submitter: str, division: str, report: CheckReport) -> None:
     """``systems/<system>.json``: the 35 fields, meaningful values, adas, status, folder names."""
-    try:
-        system = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        report.add(path, "systems-json", f"unreadable JSON: {exc}")
-        return
-    if not isinstance(system, dict):
-        report.add(path, "systems-json", "must hold a JSON object")
+    system = _read_json_object(path, "systems-json", report)
+    if system is None:
         return
     missing = [key for key in SYSTEM_FIELDS if key not in system]
     if missing:
@@ -383,13 +391,8 @@ def check_measurements(scenario_dir: Path, report: CheckReport) -> None:
         report.add(scenario_dir / "measurements.json", "measurements-json", "missing")
         return
     path = candidates[0]
-    try:
-        measurements = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        report.add(path, "measurements-json", f"unreadable JSON: {exc}")
-        return
-    if not isinstance(measurements, dict):
-        report.add(path, "measurements-json", "must hold a JSON object")
+    measurements = _read_json_object(path, "measurements-json", report)
+    if measurements is None:
         return
     for key in MEASUREMENT_FIELDS:
         if key not in measurements:
@@ -468,6 +471,26 @@ def check_performance_run(
     return values
 
 
+def _check_performance_folder(
+    run_dir: Path,
+    rule: str,
+    label: str,
+    scenario: str,
+    division: str,
+    rules: RoundRules,
+    report: CheckReport,
+) -> None:
+    """A ``performance/run_1`` (``label`` "TEST01 " for the compliance run's): its files, its log."""
+    if not run_dir.is_dir():
+        report.add(run_dir, rule, f"missing {label}performance/run_1 folder")
+        return
+    mismatch = _file_set_mismatch(run_dir, PERFORMANCE_FILES, (ACCURACY_LOG,))
+    if mismatch:
+        report.add(run_dir, rule, mismatch)
+    if (run_dir / DETAIL_LOG).is_file():
+        check_performance_run(run_dir, scenario, division, rules, report)
+
+
 def check_accuracy_dir(acc_dir: Path, report: CheckReport) -> None:
     """accuracy/: the four files, mAP line and target, hash line, log size, no LoadGen errors."""
     if not acc_dir.is_dir():
@@ -530,15 +553,9 @@ def check_test01(
         report.add(verify_perf, "test01-perf", "missing")
     elif "TEST PASS" not in verify_perf.read_text(encoding="utf-8"):
         report.add(verify_perf, "test01-perf", "performance verification did not pass (no 'TEST PASS')")
-    run_dir = test_dir / "performance" / "run_1"
-    if not run_dir.is_dir():
-        report.add(run_dir, "test01-perf", "missing TEST01 performance/run_1 folder")
-    else:
-        mismatch = _file_set_mismatch(run_dir, PERFORMANCE_FILES, (ACCURACY_LOG,))
-        if mismatch:
-            report.add(run_dir, "test01-perf", mismatch)
-        if (run_dir / DETAIL_LOG).is_file():
-            check_performance_run(run_dir, scenario, division, rules, report)
+    _check_performance_folder(
+        test_dir / "performance" / "run_1", "test01-perf", "TEST01 ", scenario, division, rules, report
+    )
 
     verify_acc = test_dir / "verify_accuracy.txt"
     acc_dir = test_dir / "accuracy"
@@ -573,15 +590,9 @@ def check_test01(
 def check_scenario(scenario_dir: Path, division: str, rules: RoundRules, report: CheckReport) -> None:
     scenario = scenario_dir.name
     check_measurements(scenario_dir, report)
-    run_dir = scenario_dir / "performance" / "run_1"
-    if not run_dir.is_dir():
-        report.add(run_dir, "perf-files", "missing performance/run_1 folder")
-    else:
-        mismatch = _file_set_mismatch(run_dir, PERFORMANCE_FILES, (ACCURACY_LOG,))
-        if mismatch:
-            report.add(run_dir, "perf-files", mismatch)
-        if (run_dir / DETAIL_LOG).is_file():
-            check_performance_run(run_dir, scenario, division, rules, report)
+    _check_performance_folder(
+        scenario_dir / "performance" / "run_1", "perf-files", "", scenario, division, rules, report
+    )
     check_accuracy_dir(scenario_dir / "accuracy", report)
     if division == "closed":
         check_test01(scenario_dir, scenario, division, rules, report)

@@ -249,12 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--batch-size", "batch_size", "samples per step", type=int)
     _opt(p, "--lr", "lr", "peak learning rate", type=float)
     _opt(p, "--threads", "threads", "torch threads", type=int)
-    _opt(
-        p,
-        "--prefix",
-        "prefix",
-        "sample file prefix",
-    )
+    _opt(p, "--prefix", "prefix", "sample file prefix")
     _opt(p, "--full-precision", "half", "store float32 weights", action="store_false")
     p.set_defaults(handler=_train)
 

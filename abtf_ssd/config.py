@@ -62,41 +62,44 @@ class SSDConfig:
     @property
     def num_anchors(self) -> int:
         """Total default boxes, i.e. the last axis of the head outputs."""
-        return sum(h * w * n for (h, w), n in zip(self.feat_size, self.num_defaults))
+        return sum(h * w * n for (h, w), n in zip(self.feat_size, self.num_defaults, strict=True))
 
     @property
     def needs_resize(self) -> bool:
         return self.image_size != self.og_image_size
 
 
+_BENCHMARK = SSDConfig(
+    name=BENCHMARK_CONFIG,
+    image_size=(2160, 3840),
+    og_image_size=(2160, 3840),
+    feat_size=((270, 480), (135, 240), (68, 120), (34, 60), (17, 30), (9, 15), (5, 8)),
+    steps=(8, 16, 32, 64, 128, 256, 480),
+    scales=(31, 67, 148, 229, 310, 392, 473, 760),
+    aspect_ratios=(
+        (2, 0.5),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5, 3, 1 / 3),
+        (2, 0.5),
+        (2, 0.5),
+        (2, 0.5),
+    ),
+    out_channels=(1024, 512, 512, 256, 256, 256, 256),
+    mid_channels=(256, 256, 128, 128, 128, 128),
+    head_kernel=5,
+)
+
+
 def _demo_scales() -> tuple[float, ...]:
     # The benchmark's scales rescaled to a 144-pixel-high input, then enlarged 1.5x: measured to
     # match half of the synthetic objects at IoU > 0.5 instead of a third (DEMO_MODEL_NOTES).
-    benchmark = (31, 67, 148, 229, 310, 392, 473)
-    return tuple(float(round(s * 144 / 480 * 1.5)) for s in benchmark)
+    return tuple(float(round(s * 144 / 480 * 1.5)) for s in _BENCHMARK.scales[:7])
 
 
 CONFIGS: dict[str, SSDConfig] = {
-    BENCHMARK_CONFIG: SSDConfig(
-        name=BENCHMARK_CONFIG,
-        image_size=(2160, 3840),
-        og_image_size=(2160, 3840),
-        feat_size=((270, 480), (135, 240), (68, 120), (34, 60), (17, 30), (9, 15), (5, 8)),
-        steps=(8, 16, 32, 64, 128, 256, 480),
-        scales=(31, 67, 148, 229, 310, 392, 473, 760),
-        aspect_ratios=(
-            (2, 0.5),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5),
-            (2, 0.5),
-            (2, 0.5),
-        ),
-        out_channels=(1024, 512, 512, 256, 256, 256, 256),
-        mid_channels=(256, 256, 128, 128, 128, 128),
-        head_kernel=5,
-    ),
+    BENCHMARK_CONFIG: _BENCHMARK,
+    # The benchmark's network cut to its first six feature maps, on a 144x256 input.
     DEMO_CONFIG: SSDConfig(
         name=DEMO_CONFIG,
         image_size=(144, 256),
@@ -104,16 +107,9 @@ CONFIGS: dict[str, SSDConfig] = {
         feat_size=((18, 32), (9, 16), (5, 8), (3, 4), (2, 2), (1, 1)),
         steps=(8, 16, 32, 64, 128, 256),
         scales=_demo_scales(),
-        aspect_ratios=(
-            (2, 0.5),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5, 3, 1 / 3),
-            (2, 0.5),
-            (2, 0.5),
-        ),
-        out_channels=(1024, 512, 512, 256, 256, 256),
-        mid_channels=(256, 256, 128, 128, 128),
+        aspect_ratios=_BENCHMARK.aspect_ratios[:6],
+        out_channels=_BENCHMARK.out_channels[:6],
+        mid_channels=_BENCHMARK.mid_channels[:5],
         head_kernel=3,
     ),
 }

@@ -21,7 +21,6 @@ samples (an empty answer would silently lower the mAP), a performance run report
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -37,6 +36,7 @@ import numpy as np
 from abtf_ssd import accuracy, report, rules
 from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
+from abtf_ssd.fileio import atomic_write_json, atomic_write_text
 from abtf_ssd.preprocess import load_sample, sample_name
 
 MODEL_DIR = "ssd"
@@ -371,10 +371,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
 
     _start_loadgen(sut, library, settings, out_dir, total, performance_count)
 
-    accuracy.write_text_atomic(
-        out_dir / USER_CONF, rules.user_conf_text(settings, options.scenario, options.round)
-    )
-    accuracy.write_text_atomic(out_dir / COMMAND_TXT, command + "\n")
+    atomic_write_text(out_dir / USER_CONF, rules.user_conf_text(settings, options.scenario, options.round))
+    atomic_write_text(out_dir / COMMAND_TXT, command + "\n")
     result = _collect(options, out_dir, sut, library, total, expected_latency)
     _write_results_json(result, dataset_dir, settings, getattr(backend, "name", type(backend).__name__))
     print(report.format_table([result.summary]))
@@ -446,7 +444,7 @@ def _collect(
     if options.mode == "find-performance" and not sut.failures:
         result.expected_latency_ns = _measured_latency(summary)
         path = scenario_dir(options) / EXPECTED_LATENCY_FILE
-        accuracy.write_text_atomic(path, f"{result.expected_latency_ns}\n")
+        atomic_write_text(path, f"{result.expected_latency_ns}\n")
     return result
 
 
@@ -486,7 +484,7 @@ def _write_results_json(
         },
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    accuracy.write_text_atomic(result.output_dir / RESULTS_JSON, json.dumps(data, indent=2) + "\n")
+    atomic_write_json(result.output_dir / RESULTS_JSON, data)
 
 
 def run_benchmark(options: RunOptions, backend: Backend | None = None) -> RunResult:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from abtf_ssd.fileio import atomic_output
+
 SUMMARY_LOG = "mlperf_log_summary.txt"
 DETAIL_LOG = "mlperf_log_detail.txt"
 TRACE_LOG = "mlperf_log_trace.json"
@@ -348,7 +350,6 @@ def write_latency_histogram(
         draw.line([(x_of(value), top), (x_of(value), top + plot_h)], fill=color, width=2)
 
     png_path = Path(png_path)
-    temp = png_path.with_name(f".{png_path.name}.tmp")
-    image.save(temp, format="PNG")
-    temp.replace(png_path)
+    with atomic_output(png_path) as temp:
+        image.save(temp, format="PNG")
     return png_path

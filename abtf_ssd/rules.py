@@ -94,26 +94,27 @@ _AUDITS = {
     "TEST01": AuditRules(mode=2, accuracy_log_rng_seed=720381539243781796, accuracy_log_sampling_target=128)
 }
 
+
+def _round(name: str, qsl_rng_seed: int, sample_index_rng_seed: int, schedule_rng_seed: int) -> RoundRules:
+    """A round: its own seeds; the sample count, latency rules and audits are the same in each."""
+    return RoundRules(
+        name=name,
+        qsl_rng_seed=qsl_rng_seed,
+        sample_index_rng_seed=sample_index_rng_seed,
+        schedule_rng_seed=schedule_rng_seed,
+        performance_sample_count=128,
+        single_stream=_SINGLE_STREAM,
+        constant_stream=_CONSTANT_STREAM,
+        audits=_AUDITS,
+    )
+
+
 ROUNDS: dict[str, RoundRules] = {
-    "v0.5": RoundRules(
-        name="v0.5",
-        qsl_rng_seed=1575625098,
-        sample_index_rng_seed=2227286192,
-        schedule_rng_seed=3495234579,
-        performance_sample_count=128,
-        single_stream=_SINGLE_STREAM,
-        constant_stream=_CONSTANT_STREAM,
-        audits=_AUDITS,
+    "v0.5": _round(
+        "v0.5", qsl_rng_seed=1575625098, sample_index_rng_seed=2227286192, schedule_rng_seed=3495234579
     ),
-    "v1.0": RoundRules(
-        name="v1.0",
-        qsl_rng_seed=1215947953,
-        sample_index_rng_seed=295229089,
-        schedule_rng_seed=1380859451,
-        performance_sample_count=128,
-        single_stream=_SINGLE_STREAM,
-        constant_stream=_CONSTANT_STREAM,
-        audits=_AUDITS,
+    "v1.0": _round(
+        "v1.0", qsl_rng_seed=1215947953, sample_index_rng_seed=295229089, schedule_rng_seed=1380859451
     ),
 }
 DEFAULT_ROUND = "v0.5"

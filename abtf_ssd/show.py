@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from abtf_ssd.accuracy import find_accuracy_log, read_accuracy_log
 from abtf_ssd.cognata import CLASS_NAMES
 from abtf_ssd.config import CONFIGS, MEAN, STD, SSDConfig, get_config
+from abtf_ssd.fileio import atomic_output
 from abtf_ssd.preprocess import load_sample, sample_name
 
 GROUND_TRUTH_COLOR = (40, 220, 60)
@@ -117,7 +118,6 @@ def render(
 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    temp = out_png.with_name(f".{out_png.name}.tmp")
-    picture.save(temp, format="PNG")
-    temp.replace(out_png)
+    with atomic_output(out_png) as temp:
+        picture.save(temp, format="PNG")
     return out_png

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from abtf_ssd import preprocess
 from abtf_ssd.cognata import GT_COLUMNS
+from abtf_ssd.fileio import atomic_output, atomic_write_json
 
 STORE_MANIFEST = "store.json"
 IMAGES_FILE = "images.f32"
@@ -66,6 +66,10 @@ _SAMPLE_FILE = re.compile(r"([A-Za-z0-9-]+)_(\d+)\.pkl")
 
 class StoreError(RuntimeError):
     """A store that cannot be written or read; the message names the file and what is wrong."""
+
+
+class MissingSamplesError(StoreError, FileNotFoundError):
+    """A pickle folder without the sample files its numbering needs (none, or a gap)."""
 
 
 @runtime_checkable
@@ -413,6 +417,16 @@ def _describe_pickles(folder: Path, prefix: str | None) -> dict[str, Any]:
             "image_size": tuple(size) if size else None,
             "manifest": manifest,
         }
+    prefix, count = count_sample_files(folder, prefix)
+    return {"prefix": prefix, "count": count, "image_size": None, "manifest": None}
+
+
+def count_sample_files(folder: Path, prefix: str | None = None) -> tuple[str, int]:
+    """Prefix and number of the ``<prefix>_<i>.pkl`` files of a folder, by their names alone.
+
+    ``prefix`` None: the folder's only one. The files must be numbered 0 .. n - 1 without a gap;
+    otherwise :class:`MissingSamplesError` (a FileNotFoundError too) names the first missing one.
+    """
     numbers: dict[str, list[int]] = {}
     for entry in folder.iterdir():
         match = _SAMPLE_FILE.fullmatch(entry.name)
@@ -427,14 +441,14 @@ def _describe_pickles(folder: Path, prefix: str | None) -> dict[str, Any]:
         prefix = next(iter(numbers))
     indices = sorted(numbers.get(prefix, []))
     if not indices:
-        raise StoreError(f"{folder}: no {preprocess.sample_name(prefix, 0)} ... sample files")
+        raise MissingSamplesError(f"{folder}: no {preprocess.sample_name(prefix, 0)} ... sample files")
     if indices[-1] != len(indices) - 1:
         missing = next(i for i, found in enumerate(indices) if i != found)
-        raise StoreError(
-            f"{folder}: {preprocess.sample_name(prefix, missing)} is missing "
-            f"({len(indices)} files numbered up to {indices[-1]})"
+        raise MissingSamplesError(
+            f"{folder}: {preprocess.sample_name(prefix, missing)} is missing ({len(indices)} files up to "
+            f"{preprocess.sample_name(prefix, indices[-1])})"
         )
-    return {"prefix": prefix, "count": len(indices), "image_size": None, "manifest": None}
+    return prefix, len(indices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,28 +727,13 @@ def _finish(store_dir: Path, identity: dict[str, Any]) -> None:
 # Atomic small files
 
 
-@contextlib.contextmanager
-def _atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with _atomic_writer(path) as f:
-        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_json(path, data, sort_keys=True)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with _atomic_writer(path) as f:
+    # A file object: given a name without .npy, np.save would add the suffix.
+    with atomic_output(path) as temp, temp.open("wb") as f:
         np.save(f, array, allow_pickle=False)
 
 

@@ -24,7 +24,6 @@ for the open division. The finished tree is checked with :func:`abtf_ssd.checker
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -39,7 +38,6 @@ from typing import Any
 
 import abtf_ssd
 from abtf_ssd import checker
-from abtf_ssd.accuracy import write_text_atomic
 from abtf_ssd.checker import (
     ACCURACY_LOG,
     ACCURACY_TXT,
@@ -60,6 +58,7 @@ from abtf_ssd.checker import (
     read_map,
     sha256_file,
 )
+from abtf_ssd.fileio import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
 from abtf_ssd.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
 from abtf_ssd.report import LogFormatError
 from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, get_round
@@ -321,7 +320,7 @@ def truncate_accuracy_log(source: Path, destination: Path) -> str:
         head = handle.read(TRUNCATE_KEEP_BYTES)
         handle.seek(size - TRUNCATE_KEEP_BYTES)
         tail = handle.read(TRUNCATE_KEEP_BYTES)
-    _write_bytes_atomic(destination, head + TRUNCATION_MARKER.encode() + tail)
+    atomic_write_bytes(destination, head + TRUNCATION_MARKER.encode() + tail)
     return digest
 
 
@@ -455,10 +454,10 @@ def write_test01(
     performance = verify_test01_performance(
         runs.performance / DETAIL_LOG, runs.test01 / DETAIL_LOG, allow_test_mode
     )
-    write_text_atomic(destination / "verify_performance.txt", performance.text)
+    atomic_write_text(destination / "verify_performance.txt", performance.text)
 
     accuracy, indices = verify_test01_accuracy(runs.accuracy / ACCURACY_LOG, test_log)
-    write_text_atomic(destination / "verify_accuracy.txt", accuracy.text)
+    atomic_write_text(destination / "verify_accuracy.txt", accuracy.text)
     acc_dir = destination / "accuracy"
     acc_dir.mkdir(parents=True, exist_ok=True)
     _copy_atomic(test_log, acc_dir / ACCURACY_LOG)
@@ -468,11 +467,11 @@ def write_test01(
         summary = f"mAP: {compliance_map:.7f}\n(mAP of the TEST01 responses)\n\n" + summary
         if not accuracy.passed:
             baseline_map = _subset_map(runs.accuracy / ACCURACY_LOG, indices, dataset_dir)
-            write_text_atomic(
+            atomic_write_text(
                 acc_dir / "baseline_accuracy.txt",
                 f"mAP: {baseline_map:.7f}\n(accuracy run, the {len(indices)} samples of the TEST01 log)\n",
             )
-            write_text_atomic(
+            atomic_write_text(
                 acc_dir / "compliance_accuracy.txt", f"mAP: {compliance_map:.7f}\n(TEST01 log)\n"
             )
     elif not accuracy.passed:
@@ -480,7 +479,7 @@ def write_test01(
             f"{test_log}: TEST01 responses differ from the accuracy run; comparing their mAP needs the "
             "dataset (pass dataset_dir / --dataset_dir)"
         )
-    write_text_atomic(acc_dir / ACCURACY_TXT, summary)
+    atomic_write_text(acc_dir / ACCURACY_TXT, summary)
     return performance.passed, accuracy.passed
 
 
@@ -488,31 +487,12 @@ def write_test01(
 # Files
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def _copy_atomic(source: Path, destination: Path) -> None:
     if not source.is_file():
         raise SubmissionError(f"{source}: missing")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(destination) as temp:
         shutil.copyfile(source, temp)
-        os.replace(temp, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _code_file_wanted(path: Path) -> bool:
@@ -568,16 +548,8 @@ def tarball_path(submission_dir: str | Path) -> Path:
 
 def make_tarball(submission_dir: Path) -> Path:
     target = tarball_path(submission_dir)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(temp, "w:gz") as archive:
-            archive.add(submission_dir, arcname=submission_dir.name)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    with atomic_output(target) as temp, tarfile.open(temp, "w:gz") as archive:
+        archive.add(submission_dir, arcname=submission_dir.name)
     return target
 
 
@@ -656,10 +628,7 @@ def _write_scenario(
             f"{runs.performance}: no {USER_CONF} (the harness writes the run's settings there)"
         )
     _copy_atomic(user_conf, destination / USER_CONF)
-    write_text_atomic(
-        destination / "measurements.json",
-        json.dumps(measurements(run_info, measurement_overrides), indent=2) + "\n",
-    )
+    atomic_write_json(destination / "measurements.json", measurements(run_info, measurement_overrides))
 
     run_dir = destination / "performance" / "run_1"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -677,7 +646,7 @@ def _write_scenario(
     if not (runs.accuracy / ACCURACY_TXT).is_file():
         raise SubmissionError(f"{runs.accuracy}: no {ACCURACY_TXT}; compute it with `abtf-ssd accuracy`")
     digest = truncate_accuracy_log(runs.accuracy / ACCURACY_LOG, acc_dir / ACCURACY_LOG)
-    write_text_atomic(acc_dir / ACCURACY_TXT, accuracy_txt_with_hash(runs.accuracy / ACCURACY_TXT, digest))
+    atomic_write_text(acc_dir / ACCURACY_TXT, accuracy_txt_with_hash(runs.accuracy / ACCURACY_TXT, digest))
     map_value = read_map(runs.accuracy / ACCURACY_TXT)
 
     if division == "closed":
@@ -697,7 +666,7 @@ def _write_scenario(
         (p / COMMAND_TXT for p in (runs.performance, runs.accuracy) if (p / COMMAND_TXT).is_file()), None
     )
     command = command_file.read_text(encoding="utf-8") if command_file else None
-    write_text_atomic(
+    atomic_write_text(
         destination / "README.md",
         scenario_readme(system_name, runs.name, perf, map_value, run_info, command, notes),
     )
@@ -783,12 +752,10 @@ def generate_submission(
     staging = Path(tempfile.mkdtemp(prefix=f".{submission_dir.name}-staging-", dir=submission_dir.parent))
     try:
         staged = staging / "tree"
-        write_text_atomic(
-            _mkparent(staged / "systems" / f"{system_name}.json"), json.dumps(system, indent=2) + "\n"
-        )
+        atomic_write_json(_mkparent(staged / "systems" / f"{system_name}.json"), system)
         code_target = staged / "src" / MODEL_NAME
         copy_code(code_dir, code_target / code_dir.name)
-        write_text_atomic(
+        atomic_write_text(
             code_target / "README.md",
             f"# Code for {MODEL_NAME}\n\n`{code_dir.name}/`: the sources that produced these results "
             f"(abtf_ssd {abtf_ssd.__version__}).\n",

@@ -12,16 +12,15 @@ model file's format).
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from abtf_ssd.backends import FRAMEWORK_PACKAGES, check_device
+from abtf_ssd.fileio import atomic_write_json
 
 SUT_INFO_NAME = "mlc-sut-info.json"
 
@@ -197,14 +196,4 @@ def write_sut_info(path: str | os.PathLike[str], framework: str | None = None, d
     """Collect the description and write it as JSON to ``path`` atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = collect(framework, device, storage_path=str(path.parent))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, collect(framework, device, storage_path=str(path.parent)))

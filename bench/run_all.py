@@ -15,7 +15,6 @@ Benchmarks may import :func:`make_row` and :func:`write_results` from here (``be
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -29,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from abtf_ssd.fileio import atomic_write_json, atomic_write_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -90,7 +91,8 @@ def write_results(
 ) -> Path:
     """Write a benchmark's ``--json`` output atomically."""
     data = {"title": title, "rows": rows, "notes": notes or [], "params": params or {}}
-    return write_text_atomic(Path(path), json.dumps(data, indent=2, default=_json_default) + "\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, data, default=_json_default)
 
 
 def _finite(value: Any) -> bool:
@@ -103,20 +105,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         "cuda": cuda,
         "benchmarks": [asdict(result) for result in results],
     }
-    write_text_atomic(args.out / REPORT_JSON, json.dumps(report, indent=2, default=_json_default) + "\n")
-    write_text_atomic(args.out / REPORT_MD, render_markdown(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / REPORT_JSON, report, default=_json_default)
+    atomic_write_text(args.out / REPORT_MD, render_markdown(report))
     print(f"wrote {args.out / REPORT_MD} and {args.out / REPORT_JSON}")
     failed = [r.script for r in results if r.status in ("failed", "timeout")]
     if failed:

@@ -7,6 +7,7 @@ decoder must give the same rows in the same order on every kind of head output.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,24 +19,14 @@ from abtf_ssd.config import BENCHMARK_CONFIG, CONFIGS, DEMO_CONFIG, SSDConfig, g
 
 DEMO = get_config(DEMO_CONFIG)
 
-MEDIUM = SSDConfig(
+MEDIUM = dataclasses.replace(
+    get_config(BENCHMARK_CONFIG),
     name="test_720p",
     image_size=(720, 1280),
     og_image_size=(1080, 1920),
     feat_size=((90, 160), (45, 80), (23, 40), (12, 20), (6, 10), (3, 5), (2, 3)),
     steps=(8, 16, 32, 64, 128, 256, 384),
     scales=(10, 22, 49, 76, 103, 130, 157, 253),
-    aspect_ratios=(
-        (2, 0.5),
-        (2, 0.5, 3, 1 / 3),
-        (2, 0.5, 3, 1 / 3),
-        (2, 0.5, 3, 1 / 3),
-        (2, 0.5),
-        (2, 0.5),
-        (2, 0.5),
-    ),
-    out_channels=(1024, 512, 512, 256, 256, 256, 256),
-    mid_channels=(256, 256, 128, 128, 128, 128),
     head_kernel=3,
 )
 """About 87 000 anchors: large enough that the decoder samples blocks of anchors for its thresholds."""

@@ -126,7 +126,8 @@ def test_export_onnx_prints_only_the_path(tmp_path: Path, capfd: pytest.CaptureF
     captured = capfd.readouterr()
     assert captured.out == f"{out}\n"
     assert "[torch.onnx]" not in captured.err and "torchvision" not in captured.err, captured.err
-    assert [o.name for o in onnx.load(str(out), load_external_data=False).graph.output] == ["bboxes", "scores"]
+    outputs = onnx.load(str(out), load_external_data=False).graph.output
+    assert [o.name for o in outputs] == ["bboxes", "scores"]
 
 
 def test_run_and_accuracy_commands(tiny_dataset, demo_onnx_model: Path, tmp_path: Path) -> None:

@@ -90,6 +90,39 @@ def test_script_has_meta_customize_readme_and_tests(name: str) -> None:
     assert (folder / "customize.py").is_file() and (folder / "README.md").is_file(), name
 
 
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_customize_imports_only_the_standard_library_at_module_level(name: str) -> None:
+    """mlcflow pip-installs every top-level import of a customize.py that it cannot import."""
+    import ast
+
+    tree = ast.parse((REPO / "script" / name / "customize.py").read_text())
+    modules = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert {m.split(".")[0] for m in modules} <= set(sys.stdlib_module_names), modules
+
+
+def test_mlc_step_turns_library_errors_into_one_line() -> None:
+    from abtf_ssd.mlc_scripts import env_flag, env_int, mlc_step
+
+    def fail(error: Exception) -> None:
+        raise error
+
+    assert mlc_step("s", lambda: None) == {"return": 0}
+    assert mlc_step("s", lambda env: env.update(done="yes"), env := {}) == {"return": 0} and env["done"]
+    assert mlc_step("s", fail, ValueError("give --x")) == {"return": 1, "error": "s: give --x"}
+    assert mlc_step("s", fail, OSError("disk full"))["error"] == "s: disk full"
+    missing = mlc_step("s", fail, ModuleNotFoundError("No module named 'torch'"))["error"]
+    assert missing == "s: No module named 'torch'; install the package: pip install -e ."
+    with pytest.raises(KeyError):  # a bug, not bad input: the traceback stays
+        mlc_step("s", fail, KeyError("MLC_X"))
+    assert all(env_flag(v) for v in ("yes", " True", "1", "on", True))
+    assert not any(env_flag(v) for v in ("no", "", "0", "off", False))
+    assert env_int({"K": " 7 "}, "K", "--k") == 7 and env_int({"K": ""}, "K", "--k") is None
+    assert env_int({}, "K", "--k") is None
+    with pytest.raises(ValueError, match="--frames must be an integer, got 'x'"):
+        env_int({"K": "x"}, "K", "--frames")
+
+
 def test_script_uids_are_unique() -> None:
     import yaml
 

@@ -22,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from abtf_ssd.config import SSDConfig
+
 FRAMEWORKS = ("onnxruntime", "pytorch")
 FRAMEWORK_PACKAGES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
 """--framework value -> the distribution to install for it (whose version the system description records)."""
@@ -82,6 +84,38 @@ def check_device(framework: str, device: str) -> str | None:
         return backend_module.device_problem(device)
     except ValueError as error:
         return str(error)
+
+
+class ModelBackend:
+    """Base of the backends: one model file serving one config, on a device checked up front.
+
+    Subclasses name their ``framework`` and ``device_kinds`` and implement :meth:`_open`, which
+    loads the model and returns the config it serves (and sets ``name``).
+    """
+
+    framework: str
+    device_kinds: tuple[str, ...]
+    name: str
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        device: str = "cpu",
+        threads: int | None = None,
+        config_name: str | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        parse_device(device, self.device_kinds)  # a malformed device is a ValueError
+        problem = check_device(self.framework, device)
+        if problem:
+            raise BackendError(problem)
+        self.config = self._open(device, threads or default_threads(), config_name)
+        self.config_name = self.config.name
+        self.input_shape = (3, *self.config.image_size)
+
+    def _open(self, device: str, threads: int, config_name: str | None) -> SSDConfig:
+        """Load the model on ``device`` with ``threads`` CPU threads; the config it serves."""
+        raise NotImplementedError
 
 
 def check_batch(batch: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from abtf_ssd.backends import BackendError, check_batch, check_device, default_threads, parse_device
+from abtf_ssd.backends import BackendError, ModelBackend, check_batch, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
 
 DEVICE_KINDS = ("cpu", "cuda", "tensorrt")
@@ -87,25 +87,17 @@ def _config_for(path: Path, image_hw: tuple, anchors: object, config_name: str |
     )
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(ModelBackend):
     """``predict`` through an ONNX Runtime session; see the module docstring."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        device: str = "cpu",
-        threads: int | None = None,
-        config_name: str | None = None,
-    ) -> None:
-        self.model_path = Path(model_path)
+    framework = "onnxruntime"
+    device_kinds = DEVICE_KINDS
+
+    def _open(self, device: str, threads: int, config_name: str | None) -> SSDConfig:
         providers = providers_for(device)
         provider_names = [name for name, _ in providers]
-        problem = check_device("onnxruntime", device)
-        if problem:
-            raise BackendError(problem)
-
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -127,10 +119,8 @@ class OnnxRuntimeBackend:
                 f"({_installed_package()} installed)"
             )
         self.provider = provider_names[0]
-        self.config = self._check_io(config_name)
-        self.config_name = self.config.name
-        self.input_shape = (3, *self.config.image_size)
         self.name = f"onnxruntime {ort.__version__} ({self.provider})"
+        return self._check_io(config_name)
 
     def _check_io(self, config_name: str | None) -> SSDConfig:
         """Check the model's input/outputs against the config (given or inferred) and return it."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abtf_ssd.backends import BackendError, check_batch, check_device, default_threads, parse_device
+from abtf_ssd.backends import BackendError, ModelBackend, check_batch, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
 from abtf_ssd.model import SSDResNet50, build_ssd, load_checkpoint
 
@@ -41,14 +41,6 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def _torch_device(device: str) -> torch.device:
-    kind, index = parse_device(device, DEVICE_KINDS)
-    problem = check_device("pytorch", device)
-    if problem:
-        raise BackendError(problem)
-    return torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
-
-
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
@@ -73,25 +65,21 @@ def infer_config(path: Path) -> SSDConfig:
     return matches[0]
 
 
-class PyTorchBackend:
+class PyTorchBackend(ModelBackend):
     """``predict`` through the PyTorch model; see the module docstring."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        device: str = "cpu",
-        threads: int | None = None,
-        config_name: str | None = None,
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.device = _torch_device(device)
-        torch.set_num_threads(threads or default_threads())
-        self.config = get_config(config_name) if config_name is not None else infer_config(self.model_path)
-        self.config_name = self.config.name
-        model = load_checkpoint(build_ssd(self.config_name), self.model_path)
+    framework = "pytorch"
+    device_kinds = DEVICE_KINDS
+
+    def _open(self, device: str, threads: int, config_name: str | None) -> SSDConfig:
+        kind, index = parse_device(device, DEVICE_KINDS)
+        self.device = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
+        torch.set_num_threads(threads)
+        config = get_config(config_name) if config_name is not None else infer_config(self.model_path)
+        model = load_checkpoint(build_ssd(config.name), self.model_path)
         self.model = model.to(self.device).eval()
-        self.input_shape = (3, *self.config.image_size)
         self.name = f"pytorch {torch.__version__} ({self.device})"
+        return config
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """batch (B, 3, H, W) float32 -> (loc (B, 4, A), conf (B, C, A)) float32."""

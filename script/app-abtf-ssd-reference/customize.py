@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+_SCRIPT = "app-abtf-ssd-reference"
 # RunOptions field -> (env key, converter). Only keys present in env are passed: the harness's
 # defaults apply to the rest.
 _OPTIONS = {
@@ -30,58 +31,53 @@ _OPTIONS = {
 
 def predeps(i):
     """Refuse an impossible run before the model and dataset are fetched."""
-    env = i["env"]
-    try:
-        from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
-    except ImportError as e:
-        return {"return": 1, "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e ."}
+    from abtf_ssd.mlc_scripts import mlc_step
+
+    return mlc_step(_SCRIPT, _check_request, i["env"])
+
+
+def _check_request(env):
+    from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
+
     framework = env["MLC_ABTF_RUN_FRAMEWORK"]
     problem = run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH"))
     if problem:
-        return {"return": 1, "error": f"app-abtf-ssd-reference: {problem}"}
+        raise ValueError(problem)
     env["MLC_ABTF_RUN_MODEL_FORMAT"] = MODEL_FORMAT_OF_FRAMEWORK[framework]
-    return {"return": 0}
 
 
 def preprocess(i):
-    env = i["env"]
-    with tempfile.TemporaryDirectory(prefix="abtf-audit-") as audit_dir:
-        try:
-            from abtf_ssd.cli import run_arguments
-            from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
+    from abtf_ssd.mlc_scripts import mlc_step
 
-            options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
-            if env.get("MLC_ABTF_RUN_DATASET_SOURCE", "").startswith("synthetic") and not env.get(
-                "MLC_ABTF_RUN_TEST_QUERY_COUNT"
-            ):
-                # A synthetic set is small: a test run covers all of it, so the mAP is over every frame.
-                options = dataclasses.replace(options, test_query_count=_sample_count(options))
-            options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
-            test = env.get("MLC_ABTF_RUN_COMPLIANCE_TEST")
-            if test and options.audit_config is None:
-                audit_config = _official_audit_config(options.round, test, audit_dir)
-                options = dataclasses.replace(options, audit_config=audit_config)
-        except ImportError as e:
-            return {
-                "return": 1,
-                "error": f"app-abtf-ssd-reference: {e}; install the package: pip install -e .",
-            }
-        except (ValueError, OSError) as e:
-            return {"return": 1, "error": f"app-abtf-ssd-reference: {e}"}
+    return mlc_step(_SCRIPT, _run, i["env"])
+
+
+def _run(env):
+    from abtf_ssd.cli import run_arguments
+    from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
+
+    options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
+    if env.get("MLC_ABTF_RUN_DATASET_SOURCE", "").startswith("synthetic") and not env.get(
+        "MLC_ABTF_RUN_TEST_QUERY_COUNT"
+    ):
+        # A synthetic set is small: a test run covers all of it, so the mAP is over every frame.
+        options = dataclasses.replace(options, test_query_count=_sample_count(options))
+    options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
+    with tempfile.TemporaryDirectory(prefix="abtf-audit-") as audit_dir:
+        test = env.get("MLC_ABTF_RUN_COMPLIANCE_TEST")
+        if test and options.audit_config is None:
+            audit_config = _official_audit_config(options.round, test, audit_dir)
+            options = dataclasses.replace(options, audit_config=audit_config)
         # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
         command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
         if subprocess.run(command, check=False).returncode != 0:
-            return {
-                "return": 1,
-                "error": f"app-abtf-ssd-reference: the {options.mode} run failed (see above)",
-            }
+            raise RuntimeError(f"the {options.mode} run failed (see above)")
     kind = (f"{COMPLIANCE_TEST}_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
     env[f"MLC_ABTF_APP_{kind}_DIR"] = str(output_dir(options))
     env["MLC_ABTF_APP_SCENARIO_DIR"] = str(scenario_dir(options))
     env["MLC_ABTF_APP_RESULTS_DIR"] = str(options.results_dir)
     env["MLC_ABTF_APP_SYSTEM_NAME"] = options.system_name
     env["MLC_ABTF_APP_CONFIG"] = options.config_name
-    return {"return": 0}
 
 
 def _sample_count(options):
@@ -91,12 +87,10 @@ def _sample_count(options):
 
 
 def _official_audit_config(round, test, folder):
+    from abtf_ssd.fileio import atomic_write_text
     from abtf_ssd.rules import audit_config_text
 
-    path = os.path.join(folder, "audit.config")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(audit_config_text(round, test))
-    return path
+    return str(atomic_write_text(os.path.join(folder, "audit.config"), audit_config_text(round, test)))
 
 
 def _given_options(env):

@@ -4,16 +4,15 @@ import os
 
 
 def preprocess(i):
-    env = i["env"]
-    try:
-        from abtf_ssd.sysinfo import SUT_INFO_NAME, write_sut_info
+    from abtf_ssd.mlc_scripts import mlc_step
 
-        path = env.get("MLC_ABTF_SUT_INFO_PATH") or os.path.join(os.getcwd(), SUT_INFO_NAME)
-        env["MLC_ABTF_SUT_INFO_PATH"] = str(
-            write_sut_info(path, env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"])
-        )
-    except ImportError as e:
-        return {"return": 1, "error": f"get-abtf-sut-description: {e}; install the package: pip install -e ."}
-    except OSError as e:
-        return {"return": 1, "error": f"get-abtf-sut-description: {e}"}
-    return {"return": 0}
+    return mlc_step("get-abtf-sut-description", _describe, i["env"])
+
+
+def _describe(env):
+    from abtf_ssd.sysinfo import SUT_INFO_NAME, write_sut_info
+
+    path = env.get("MLC_ABTF_SUT_INFO_PATH") or os.path.join(os.getcwd(), SUT_INFO_NAME)
+    env["MLC_ABTF_SUT_INFO_PATH"] = str(
+        write_sut_info(path, env["MLC_ABTF_RUN_FRAMEWORK"], env["MLC_ABTF_RUN_DEVICE"])
+    )

@@ -7,44 +7,41 @@ _EXTENSIONS = {"onnx": ".onnx", "pytorch": ".pth"}
 
 
 def preprocess(i):
-    env = i["env"]
+    from abtf_ssd.mlc_scripts import mlc_step
+
+    return mlc_step("get-ml-model-ssd-resnet50", _get_model, i["env"])
+
+
+def _get_model(env):
     source = env["MLC_ABTF_ML_MODEL_SOURCE"]
     model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
-    try:
-        if source == "mlc":
-            from abtf_ssd import download
+    if source == "mlc":
+        from abtf_ssd import download
 
-            path = download.fetch_model(
-                model_format,
-                os.getcwd(),
-                env["MLC_ABTF_DOWNLOAD_TOOL"],
-                dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
-                interactive=env.get("MLC_QUIET") != "yes",
-            )
-        elif source == "local":
-            path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
-        else:
-            from abtf_ssd.cli import DEMO_WEIGHTS, export_model
+        path = download.fetch_model(
+            model_format,
+            os.getcwd(),
+            env["MLC_ABTF_DOWNLOAD_TOOL"],
+            dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
+            interactive=env.get("MLC_QUIET") != "yes",
+        )
+    elif source == "local":
+        path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
+    else:
+        from abtf_ssd.cli import DEMO_WEIGHTS, export_model
+        from abtf_ssd.mlc_scripts import env_int
 
-            # The demo model is the committed checkpoint; until it exists, seeded random demo weights.
-            checkpoint = DEMO_WEIGHTS if source == "synthetic" and DEMO_WEIGHTS.is_file() else None
-            env["MLC_ABTF_ML_MODEL_WEIGHTS"] = str(checkpoint) if checkpoint else "random"
-            path = export_model(
-                env["MLC_ABTF_ML_MODEL_CONFIG"],
-                os.path.join(os.getcwd(), f"ssd_resnet50_{source}{_EXTENSIONS[model_format]}"),
-                checkpoint=checkpoint,
-                seed=_int(env["MLC_ABTF_ML_MODEL_SEED"], "--seed"),
-                model_format=model_format,
-            )
-    except ImportError as e:
-        return {
-            "return": 1,
-            "error": f"get-ml-model-ssd-resnet50: {e}; install the package: pip install -e .",
-        }
-    except (ValueError, OSError, RuntimeError) as e:
-        return {"return": 1, "error": f"get-ml-model-ssd-resnet50: {e}"}
+        # The demo model is the committed checkpoint; until it exists, seeded random demo weights.
+        checkpoint = DEMO_WEIGHTS if source == "synthetic" and DEMO_WEIGHTS.is_file() else None
+        env["MLC_ABTF_ML_MODEL_WEIGHTS"] = str(checkpoint) if checkpoint else "random"
+        path = export_model(
+            env["MLC_ABTF_ML_MODEL_CONFIG"],
+            os.path.join(os.getcwd(), f"ssd_resnet50_{source}{_EXTENSIONS[model_format]}"),
+            checkpoint=checkpoint,
+            seed=env_int(env, "MLC_ABTF_ML_MODEL_SEED", "--seed"),
+            model_format=model_format,
+        )
     env["MLC_ABTF_ML_MODEL_PATH"] = str(path)
-    return {"return": 0}
 
 
 def _local_model(path, model_format):
@@ -53,10 +50,3 @@ def _local_model(path, model_format):
     if not path.endswith(_EXTENSIONS[model_format]):
         raise ValueError(f"_local.<path>: {path} is not a {model_format} model ({_EXTENSIONS[model_format]})")
     return os.path.abspath(path)
-
-
-def _int(value, flag):
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{flag} must be an integer, got {value!r}") from None

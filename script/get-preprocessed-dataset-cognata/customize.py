@@ -10,55 +10,45 @@ _SPLITS = {
 
 
 def preprocess(i):
-    env = i["env"]
+    from abtf_ssd.mlc_scripts import mlc_step
+
+    return mlc_step("get-preprocessed-dataset-cognata", _get_preprocessed, i["env"])
+
+
+def _get_preprocessed(env):
     out_dir = os.getcwd()  # the cache entry, or --outdirname (mlcflow has changed into it)
     split = env["MLC_ABTF_DATASET_SPLIT"]
     prefix, raw_csv_key = _SPLITS[split]
     source = env["MLC_ABTF_DATASET_SOURCE"]
-    try:
-        if source == "mlc":
-            return _download(env, out_dir, split, prefix)
-        from abtf_ssd import cognata, preprocess
-
-        if source == "local":
-            raw_root = env.get("MLC_ABTF_DATASET_RAW_PATH", "")
-            if not raw_root:
-                raise ValueError("_local needs --raw_path=<raw Cognata folder>")
-            split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or cognata.official_split(split)
-        else:
-            raw_root = env["MLC_ABTF_RAW_DATASET_PATH"]
-            split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[raw_csv_key]
-        count = env.get("MLC_ABTF_DATASET_COUNT", "")
-        preprocess.build_preprocessed(
-            raw_root,
-            split_csv,
-            out_dir,
-            prefix,
-            env["MLC_ABTF_DATASET_CONFIG"],
-            workers=_int(env["MLC_ABTF_WORKERS"], "--workers") if env.get("MLC_ABTF_WORKERS") else None,
-            count=_int(count, "--count") if count else None,
-            progress=False,
-        )
-    except ImportError as e:
-        return {
-            "return": 1,
-            "error": f"get-preprocessed-dataset-cognata: {e}; install the package: pip install -e .",
-        }
-    except (ValueError, OSError, RuntimeError) as e:
-        return {"return": 1, "error": f"get-preprocessed-dataset-cognata: {e}"}
-    env["MLC_ABTF_DATASET_PATH"] = out_dir
     env["MLC_ABTF_DATASET_PREFIX"] = prefix
-    return {"return": 0}
+    if source == "mlc":
+        _download(env, out_dir, split)
+        return
+    from abtf_ssd import cognata, preprocess
+    from abtf_ssd.mlc_scripts import env_int
+
+    if source == "local":
+        raw_root = env.get("MLC_ABTF_DATASET_RAW_PATH", "")
+        if not raw_root:
+            raise ValueError("_local needs --raw_path=<raw Cognata folder>")
+        split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or cognata.official_split(split)
+    else:
+        raw_root = env["MLC_ABTF_RAW_DATASET_PATH"]
+        split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[raw_csv_key]
+    preprocess.build_preprocessed(
+        raw_root,
+        split_csv,
+        out_dir,
+        prefix,
+        env["MLC_ABTF_DATASET_CONFIG"],
+        workers=env_int(env, "MLC_ABTF_WORKERS", "--workers"),
+        count=env_int(env, "MLC_ABTF_DATASET_COUNT", "--count"),
+        progress=False,
+    )
+    env["MLC_ABTF_DATASET_PATH"] = out_dir
 
 
-def _int(value, flag):
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{flag} must be an integer, got {value!r}") from None
-
-
-def _download(env, out_dir, split, prefix):
+def _download(env, out_dir, split):
     """The MLCommons preprocessed set of ``split`` (needs membership and a login)."""
     from abtf_ssd import download
 
@@ -71,5 +61,3 @@ def _download(env, out_dir, split, prefix):
             interactive=env.get("MLC_QUIET") != "yes",
         )
     )
-    env["MLC_ABTF_DATASET_PREFIX"] = prefix
-    return {"return": 0}

@@ -4,34 +4,27 @@ import os
 
 
 def preprocess(i):
-    env = i["env"]
+    from abtf_ssd.mlc_scripts import mlc_step
+
+    return mlc_step("process-mlperf-accuracy-cognata", _process, i["env"])
+
+
+def _process(env):
+    from abtf_ssd.accuracy import ACCURACY_TXT, accuracy_main, find_accuracy_log, format_accuracy
+
     # Inside run-abtf-inference the accuracy run of app-abtf-ssd-reference has just written its folder.
     result_dir = env.get("MLC_ABTF_ACCURACY_RESULT_DIR") or env.get("MLC_ABTF_APP_ACCURACY_DIR", "")
     if not result_dir:
-        return {
-            "return": 1,
-            "error": "process-mlperf-accuracy-cognata: give --result_dir=<accuracy run folder>",
-        }
-    try:
-        from abtf_ssd.accuracy import ACCURACY_TXT, accuracy_main, find_accuracy_log, format_accuracy
-
-        result_dir = os.path.abspath(result_dir)
-        out = env.get("MLC_ABTF_ACCURACY_TXT") or str(find_accuracy_log(result_dir).parent / ACCURACY_TXT)
-        prefix = {"prefix": env["MLC_ABTF_DATASET_PREFIX"]} if env.get("MLC_ABTF_DATASET_PREFIX") else {}
-        result = accuracy_main(
-            result_dir=result_dir,
-            dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
-            out=os.path.abspath(out),
-            **prefix,
-        )
-    except ImportError as e:
-        return {
-            "return": 1,
-            "error": f"process-mlperf-accuracy-cognata: {e}; install the package: pip install -e .",
-        }
-    except (ValueError, OSError, RuntimeError) as e:
-        return {"return": 1, "error": f"process-mlperf-accuracy-cognata: {e}"}
+        raise ValueError("give --result_dir=<accuracy run folder>")
+    result_dir = os.path.abspath(result_dir)
+    out = env.get("MLC_ABTF_ACCURACY_TXT") or str(find_accuracy_log(result_dir).parent / ACCURACY_TXT)
+    prefix = {"prefix": env["MLC_ABTF_DATASET_PREFIX"]} if env.get("MLC_ABTF_DATASET_PREFIX") else {}
+    result = accuracy_main(
+        result_dir=result_dir,
+        dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
+        out=os.path.abspath(out),
+        **prefix,
+    )
     print(format_accuracy(result), end="")
     env["MLC_ABTF_ACCURACY_MAP"] = f"{result.map:.7f}"
     env["MLC_ABTF_ACCURACY_TXT"] = os.path.abspath(out)
-    return {"return": 0}

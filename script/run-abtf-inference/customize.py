@@ -21,27 +21,27 @@ _RUN_FOLDERS = {
 _IMPLEMENTATIONS = ("reference",)
 _CATEGORIES = ("adas",)
 _RUN_KINDS = ("FIND_PERFORMANCE", "PERFORMANCE", "ACCURACY", "TEST01", "SUBMISSION")
-_OFF = ("", "no", "false", "off", "0")
-
-
-def _on(value):
-    return str(value).strip().lower() not in _OFF
+_SCRIPT = "run-abtf-inference"
 
 
 def predeps(i):
-    env = i["env"]
-    try:
-        from abtf_ssd import rules, sysinfo
-        from abtf_ssd.checker import DIVISIONS
-        from abtf_ssd.harness import RunOptions
+    from abtf_ssd.mlc_scripts import mlc_step
 
-        in_container = _on(env.get("MLC_ABTF_RUN_DOCKER", "")) and env.get("MLC_RUN_STATE_DOCKER") != "yes"
-        problem = _request_problem(env, rules, sysinfo, DIVISIONS, check_device=not in_container)
-        defaults = RunOptions(dataset_dir="")
-    except ImportError as e:
-        return {"return": 1, "error": f"run-abtf-inference: {e}; install the package: pip install -e ."}
+    return mlc_step(_SCRIPT, _plan, i["env"])
+
+
+def _plan(env):
+    """Check the request, then set what the dependencies (meta.yaml) read."""
+    from abtf_ssd import rules, sysinfo
+    from abtf_ssd.checker import DIVISIONS
+    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.mlc_scripts import env_flag
+
+    in_container = env_flag(env.get("MLC_ABTF_RUN_DOCKER", "")) and env.get("MLC_RUN_STATE_DOCKER") != "yes"
+    problem = _request_problem(env, rules, sysinfo, DIVISIONS, check_device=not in_container)
     if problem:
-        return {"return": 1, "error": f"run-abtf-inference: {problem}"}
+        raise ValueError(problem)
+    defaults = RunOptions(dataset_dir="")
     env["MLC_ABTF_RUN_MODEL_FORMAT"] = sysinfo.MODEL_FORMAT_OF_FRAMEWORK[env["MLC_ABTF_RUN_FRAMEWORK"]]
     env["MLC_ABTF_RUN_RESULTS_DIR"] = os.path.abspath(
         env.get("MLC_ABTF_RUN_RESULTS_DIR") or defaults.results_dir
@@ -69,14 +69,15 @@ def predeps(i):
             env["MLC_ABTF_RUN_DO_TEST01"] = "yes"
     if in_container:
         _run_in_container_only(env)
-    return {"return": 0}
 
 
 def _run_in_container_only(env):
     """--docker: this machine fetches only what MLC_USE_*_FROM_HOST asks for; the rest runs inside."""
+    from abtf_ssd.mlc_scripts import env_flag
+
     env["MLC_ABTF_RUN_DOCKER_HOST"] = "yes"
     for what in ("MODEL", "DATASET"):
-        if not _on(env.get(f"MLC_USE_{what}_FROM_HOST", "")):
+        if not env_flag(env.get(f"MLC_USE_{what}_FROM_HOST", "")):
             env[f"MLC_ABTF_RUN_SKIP_{what}"] = "yes"
     for kind in _RUN_KINDS:
         env.pop(f"MLC_ABTF_RUN_DO_{kind}", None)
@@ -105,24 +106,26 @@ def _request_problem(env, rules, sysinfo, divisions, check_device):
 
 
 def preprocess(i):
-    env = i["env"]
-    if env.get("MLC_ABTF_RUN_DOCKER_HOST") == "yes":
-        return _docker(env)
-    try:
-        from abtf_ssd import report
+    from abtf_ssd.mlc_scripts import mlc_step
 
-        summaries = [
-            report.summarize_run(
-                env[key],
-                env["MLC_ABTF_RUN_SCENARIO"],
-                mode,
-                map_value=float(env["MLC_ABTF_ACCURACY_MAP"]) if mode == "accuracy" else None,
-            )
-            for key, mode in _RUN_FOLDERS.items()
-            if env.get(key)
-        ]
-    except (ValueError, OSError, RuntimeError) as e:
-        return {"return": 1, "error": f"run-abtf-inference: {e}"}
+    env = i["env"]
+    return mlc_step(_SCRIPT, _docker if env.get("MLC_ABTF_RUN_DOCKER_HOST") == "yes" else _report, env)
+
+
+def _report(env):
+    """The results table of the runs the dependencies made."""
+    from abtf_ssd import report
+
+    summaries = [
+        report.summarize_run(
+            env[key],
+            env["MLC_ABTF_RUN_SCENARIO"],
+            mode,
+            map_value=float(env["MLC_ABTF_ACCURACY_MAP"]) if mode == "accuracy" else None,
+        )
+        for key, mode in _RUN_FOLDERS.items()
+        if env.get(key)
+    ]
     print()
     print(report.format_table(summaries))
     print()
@@ -132,12 +135,12 @@ def preprocess(i):
     if env.get("MLC_ABTF_RUN_DO_SUBMISSION") == "yes":
         print(f"Submission: {env['MLC_ABTF_SUBMISSION_DIR']}")
     env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_APP_SCENARIO_DIR"]
-    return {"return": 0}
 
 
 def _docker(env):
     """The same mlcr command inside a container (abtf_ssd.container); results land in results_dir."""
     from abtf_ssd.container import run_from_mlc
+    from abtf_ssd.mlc_scripts import env_flag
 
     device = env["MLC_ABTF_RUN_DEVICE"].partition(":")[0]
     result = run_from_mlc(
@@ -146,11 +149,11 @@ def _docker(env):
         results_dir=env["MLC_ABTF_RUN_RESULTS_DIR"],
         dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
         model_path=env.get("MLC_ABTF_ML_MODEL_PATH") or None,
-        dataset_from_host=_on(env.get("MLC_USE_DATASET_FROM_HOST", "")),
-        model_from_host=_on(env.get("MLC_USE_MODEL_FROM_HOST", "")),
+        dataset_from_host=env_flag(env.get("MLC_USE_DATASET_FROM_HOST", "")),
+        model_from_host=env_flag(env.get("MLC_USE_MODEL_FROM_HOST", "")),
     )
     if result["return"]:
-        return {"return": 1, "error": f"run-abtf-inference --docker: {result['error']}"}
+        return {"return": 1, "error": f"{_SCRIPT} --docker: {result['error']}"}
     print(f"Results folder: {env['MLC_ABTF_RUN_RESULTS_DIR']}")
     env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_RUN_RESULTS_DIR"]
-    return {"return": 0}
+    return None

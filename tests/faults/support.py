@@ -132,7 +132,7 @@ def scan_for_secrets(texts: dict[str, str], roots: list[Path], exclude: tuple[Pa
 
 @contextlib.contextmanager
 def tmpfs(mount_point: Path, size_bytes: int) -> Iterator[Path]:
-    """A real tmpfs of ``size_bytes`` at ``mount_point``; the test is skipped where mounting is not allowed."""
+    """A real tmpfs of ``size_bytes`` at ``mount_point``; skips the test where mounting is not allowed."""
     mount_point.mkdir(parents=True, exist_ok=True)
     mount = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount_point)],
@@ -285,10 +285,17 @@ def tarball_members(data: bytes) -> dict[str, bytes]:
         return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
 
 
-def mlcr(env: dict[str, str], cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def mlcr(
+    env: dict[str, str], cwd: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """``mlcr <args> --quiet`` with ``env``; output captured."""
     return subprocess.run(
-        [str(BIN / "mlcr"), *args, "--quiet"], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [str(BIN / "mlcr"), *args, "--quiet"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

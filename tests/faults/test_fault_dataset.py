@@ -14,7 +14,13 @@ import pytest
 from abtf_ssd import harness
 from abtf_ssd.accuracy import accuracy_main, count_samples
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.preprocess import MANIFEST_NAME, SampleFormatError, build_preprocessed, load_sample, write_sample
+from abtf_ssd.preprocess import (
+    MANIFEST_NAME,
+    SampleFormatError,
+    build_preprocessed,
+    load_sample,
+    write_sample,
+)
 from faults.support import run_python
 
 
@@ -35,7 +41,9 @@ def run_options(dataset: Path, model: Path, results: Path, **overrides) -> harne
 
 def accuracy_log(path: Path, samples: int) -> Path:
     row = np.array([[10, 10, 60, 60, 4, 0.9]], dtype=np.float32)
-    path.write_text(json.dumps([{"qsl_idx": i, "seq_id": i, "data": row.tobytes().hex()} for i in range(samples)]))
+    path.write_text(
+        json.dumps([{"qsl_idx": i, "seq_id": i, "data": row.tobytes().hex()} for i in range(samples)])
+    )
     return path
 
 
@@ -71,7 +79,9 @@ def test_missing_sample_is_refused_before_loadgen(dataset_copy, demo_onnx_model,
     assert not list((tmp_path / "results").rglob("mlperf_log_*"))
 
 
-def test_official_layout_with_a_gap_is_refused_naming_the_missing_file(dataset_copy, demo_onnx_model, tmp_path):
+def test_official_layout_with_a_gap_is_refused_naming_the_missing_file(
+    dataset_copy, demo_onnx_model, tmp_path
+):
     """A download (no dataset.json) missing a file in the middle: refused before anything runs."""
     (dataset_copy / MANIFEST_NAME).unlink()
     (dataset_copy / "val_5.pkl").unlink()

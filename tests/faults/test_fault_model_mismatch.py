@@ -25,7 +25,6 @@ LOADGEN_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_a
 def head_model(path: Path, input_shape: tuple, loc_shape: tuple, conf_shape: tuple) -> Path:
     """An ONNX model with the benchmark's interface (input ``image``, outputs ``bboxes``, ``scores``)
     whose outputs are zeros of ``loc_shape`` / ``conf_shape`` times the image mean."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, list(input_shape))
@@ -58,7 +57,9 @@ def hidden_mismatch_model(path: Path, classes: int) -> Path:
         return helper.make_graph(nodes, name, [], outs)
 
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, H, W])
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "C", "A"]) for n in ("bboxes", "scores")]
+    outs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "C", "A"]) for n in ("bboxes", "scores")
+    ]
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
         helper.make_node("Greater", ["mean", "never"], ["taken"]),
@@ -144,7 +145,15 @@ def test_wrong_model_through_the_cli_is_one_clear_line(tiny_dataset, tmp_path):
     path = head_model(tmp_path / "wrong classes.onnx", input_shape, loc, conf)
     results = tmp_path / "results"
     proc = run_python(
-        ["-m", "abtf_ssd.cli", "run", "--dataset-dir", str(tiny_dataset.preprocessed), "--model-path", str(path)]
+        [
+            "-m",
+            "abtf_ssd.cli",
+            "run",
+            "--dataset-dir",
+            str(tiny_dataset.preprocessed),
+            "--model-path",
+            str(path),
+        ]
         + ["--config-name", DEMO_CONFIG, "--results-dir", str(results), "--threads", "1"],
         tmp_path,
     )

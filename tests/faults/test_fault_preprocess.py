@@ -24,7 +24,16 @@ from abtf_ssd.preprocess import (
     is_complete_pickle,
     read_manifest,
 )
-from faults.support import PYTHON, child_env, group_alive, kill_group, run_python, tmpfs, tree_digest, wait_until
+from faults.support import (
+    PYTHON,
+    child_env,
+    group_alive,
+    kill_group,
+    run_python,
+    tmpfs,
+    tree_digest,
+    wait_until,
+)
 
 LOCK = "preprocess.lock"
 
@@ -61,7 +70,8 @@ import sys
 from abtf_ssd import preprocess
 
 if __name__ == "__main__":  # spawn workers import this file
-    preprocess.build_preprocessed(sys.argv[1], sys.argv[2], sys.argv[3], "val", "demo", workers=2, progress=False)
+    raw, split_csv, out = sys.argv[1:4]
+    preprocess.build_preprocessed(raw, split_csv, out, "val", "demo", workers=2, progress=False)
 """
 
 
@@ -171,7 +181,9 @@ def test_disk_full_mid_run_names_the_sample_and_keeps_finished_work(tiny_dataset
 
         monkeypatch.setattr(preprocess, "write_sample", write_then_fill)
         with pytest.raises(PreprocessError) as info:
-            build_preprocessed(tiny_dataset.raw_root, split, out, "val", DEMO_CONFIG, workers=1, progress=False)
+            build_preprocessed(
+                tiny_dataset.raw_root, split, out, "val", DEMO_CONFIG, workers=1, progress=False
+            )
         message = str(info.value)
         assert "val_4.pkl" in message and "row 4" in message and str(split) in message
         assert "full" in message and "rerun" in message

@@ -80,7 +80,9 @@ def test_query_exception_fails_an_accuracy_run_with_its_logs_kept(tiny_dataset, 
     "the latency; raise RunFailedError for performance runs too and set summary.result to INVALID "
     "with the reason in results.json",
 )
-def test_query_exception_fails_a_performance_run_and_marks_it_invalid(tiny_dataset, demo_onnx_model, tmp_path):
+def test_query_exception_fails_a_performance_run_and_marks_it_invalid(
+    tiny_dataset, demo_onnx_model, tmp_path
+):
     options = run_options(tiny_dataset.preprocessed, demo_onnx_model, tmp_path / "results", "performance")
     with pytest.raises(harness.RunFailedError):
         harness.run(options, backend=FailingBackend(demo_onnx_model, fail_on=3))
@@ -147,7 +149,9 @@ def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_mo
     sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
 
     with pytest.raises(submission.SubmissionError, match="results.json"):
-        submission.generate_submission(results, tmp_path / "sub", "ABTF_Demo", "open", SYSTEM, allow_test_mode=True)
+        submission.generate_submission(
+            results, tmp_path / "sub", "ABTF_Demo", "open", SYSTEM, allow_test_mode=True
+        )
 
 
 @pytest.mark.xfail(
@@ -164,12 +168,21 @@ def test_ctrl_c_during_a_run_exits_cleanly_and_marks_it_invalid(tiny_dataset, de
     command += ["--model-path", str(demo_onnx_model), "--config-name", DEMO_CONFIG, "--threads", "1"]
     command += ["--results-dir", str(results), "--system-name", SYSTEM, "--execution-mode", "valid"]
     child = subprocess.Popen(
-        command, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command,
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     try:
         # A valid run lasts at least ten minutes: interrupt it once LoadGen is issuing queries.
-        wait_until(lambda: detail.is_file() and "generated_query_duration" in detail.read_text(), 120, "LoadGen to start")
+        wait_until(
+            lambda: detail.is_file() and "generated_query_duration" in detail.read_text(),
+            120,
+            "LoadGen to start",
+        )
         child.send_signal(signal.SIGINT)
         stdout, stderr = child.communicate(timeout=60)
     finally:

@@ -5,7 +5,6 @@ itself prints them, and not when they sit in the environment of every step."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -51,7 +50,9 @@ def test_tool_chatter_is_redacted_on_success_and_failure(fake_remote, tmp_path, 
 
 def test_a_download_in_a_child_process_prints_no_secret(fake_remote, tmp_path):
     fake_remote.publish("val_2d", sample_tarball())
-    code = "from abtf_ssd import download; download.fetch_dataset('validation', 'downloads', interactive=False)"
+    code = (
+        "from abtf_ssd import download; download.fetch_dataset('validation', 'downloads', interactive=False)"
+    )
     proc = run_python(["-c", code], tmp_path, child_env(FAULT_RCLONE_CHATTER="1"))
     assert proc.returncode == 0, proc.stderr
     assert "<redacted>" in proc.stdout

@@ -35,7 +35,15 @@ def test_cli_pipeline_with_hostile_paths(tiny_dataset, demo_onnx_model, hostile_
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in preprocessed.glob("val_*.pkl")) == ["val_0.pkl", "val_1.pkl", "val_2.pkl"]
 
-    run = ["run", "--dataset-dir", str(preprocessed), "--model-path", str(model), "--config-name", DEMO_CONFIG]
+    run = [
+        "run",
+        "--dataset-dir",
+        str(preprocessed),
+        "--model-path",
+        str(model),
+        "--config-name",
+        DEMO_CONFIG,
+    ]
     run += ["--mode", "accuracy", "--results-dir", str(results), "--threads", "1", "--test-query-count", "3"]
     proc = run_python(["-m", "abtf_ssd.cli", *run], hostile_dir)
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +88,9 @@ def test_mlc_scripts_with_hostile_paths(mlc_home, tiny_dataset, demo_onnx_model,
         "--threads=1",
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert (results / "default" / "ssd" / "SingleStream" / "performance" / "run_1" / "mlperf_log_summary.txt").is_file()
+    assert (
+        results / "default" / "ssd" / "SingleStream" / "performance" / "run_1" / "mlperf_log_summary.txt"
+    ).is_file()
 
     assert find_named([tmp_path, home]) == []
 
