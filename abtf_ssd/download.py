@@ -23,8 +23,12 @@ download succeeded (an MLC cache entry built on it is never half made):
 
 Reruns skip finished artifacts (final entry plus marker) and resume where the tool can: the R2
 downloader continues partial files (``wget --continue``), rclone skips a partial file that already
-matches the remote. Commands are always argument lists, never shell strings; everything printed or
-raised passes through ``redact`` so OAuth tokens never reach a log.
+matches the remote. A download that fails verification (corrupt, truncated, unsafe) is deleted so
+that the rerun fetches it again; one that only lacks room to be extracted is kept
+(:class:`InsufficientSpaceError`), so the rerun after freeing space downloads nothing.
+
+Commands are always argument lists, never shell strings; everything printed or raised passes
+through ``redact`` so OAuth tokens never reach a log.
 """
 
 from __future__ import annotations

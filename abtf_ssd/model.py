@@ -177,7 +177,7 @@ def feature_map_sizes(config: SSDConfig) -> tuple[tuple[int, int], ...]:
 
 
 def build_ssd(config_name: str) -> SSDResNet50:
-    """A fresh (uninitialised-by-checkpoint) model for a named config, its geometry checked.
+    """A new model for a named config (PyTorch default initialisation), its geometry checked.
 
     Raises:
         ValueError: the config's ``feat_size`` differs from the feature maps the network makes.

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from abtf_ssd import preprocess
@@ -22,6 +23,7 @@ from abtf_ssd.preprocess import (
     PreprocessError,
     build_preprocessed,
     is_complete_pickle,
+    load_sample,
     read_manifest,
 )
 from faults.support import (
@@ -98,7 +100,7 @@ def test_sigkill_mid_write_resumes_byte_identical(tiny_dataset, long_split, long
     assert samples(out) == sorted(f"val_{i}.pkl" for i in range(5))
     assert all(is_complete_pickle(out / name) for name in samples(out))
     (half,) = temp_files(out)
-    assert half.startswith("val_5.pkl.")
+    assert "val_5.pkl." in half
     assert (out / PARTIAL_MANIFEST_NAME).is_file() and not (out / MANIFEST_NAME).exists()
     assert read_manifest(out) is None
     stamp = (out / "val_0.pkl").stat().st_mtime_ns
@@ -258,3 +260,42 @@ def test_missing_frame_mid_split_names_it_and_loses_nothing(tiny_dataset, tmp_pa
     moved.rename(png)
     resume(raw, split, out)
     assert tree_digest(out) == tree_digest(tiny_dataset.preprocessed)
+
+
+KILL_STORE_COMMIT = """
+import os, signal, sys
+
+from abtf_ssd import store
+
+real_write_json = store._write_json
+
+
+def write_or_die(path, data):
+    # Sample 5's image bytes and ground truth are on disk, the state that commits them is not.
+    if data.get("filled") == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write_json(path, data)
+
+
+store._write_json = write_or_die
+store.convert_pickles_to_store(sys.argv[1], sys.argv[2], workers=1, progress=False)
+"""
+
+
+def test_store_conversion_killed_mid_commit_resumes_byte_identical(long_reference, tmp_path):
+    from abtf_ssd.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+
+    reference = convert_pickles_to_store(long_reference, tmp_path / "reference", progress=False)
+    store_dir = tmp_path / "store"
+    script = tmp_path / "kill_store_commit.py"
+    script.write_text(KILL_STORE_COMMIT)
+    killed = run_python([str(script), str(long_reference), str(store_dir)], tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (store_dir / STORE_MANIFEST).exists()
+
+    convert_pickles_to_store(long_reference, store_dir, workers=2, progress=False)
+
+    assert tree_digest(store_dir) == tree_digest(reference)
+    opened = SampleStore.open(store_dir)
+    assert len(opened) == 36
+    np.testing.assert_array_equal(opened.image(5), load_sample(long_reference / "val_5.pkl")["img"])
