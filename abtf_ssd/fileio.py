@@ -38,7 +38,8 @@ def _create_temp(path: Path, mode: int) -> Path:
     )
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's (or a folder's: its entries') data to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -58,7 +59,7 @@ def atomic_output(path: str | os.PathLike[str], mode: int = DEFAULT_MODE) -> Ite
     temp = _create_temp(path, mode)
     try:
         yield temp
-        _fsync(temp)
+        fsync_path(temp)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from abtf_ssd import preprocess
 from abtf_ssd.cognata import GT_COLUMNS
-from abtf_ssd.fileio import atomic_output, atomic_write_json
+from abtf_ssd.fileio import atomic_output, atomic_write_json, fsync_path
 
 STORE_MANIFEST = "store.json"
 IMAGES_FILE = "images.f32"
@@ -710,7 +710,8 @@ def _finish(store_dir: Path, identity: dict[str, Any]) -> None:
     partial_images = store_dir / (IMAGES_FILE + _PARTIAL_SUFFIX)
     if partial_images.exists():
         os.replace(partial_images, store_dir / IMAGES_FILE)
-        _fsync_dir(store_dir)
+        with contextlib.suppress(OSError):  # not every file system lets a folder be fsync'd
+            fsync_path(store_dir)
     manifest = {
         **identity,
         "images": IMAGES_FILE,
@@ -735,15 +736,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     # A file object: given a name without .npy, np.save would add the suffix.
     with atomic_output(path) as temp, temp.open("wb") as f:
         np.save(f, array, allow_pickle=False)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
