@@ -24,8 +24,8 @@ import numpy as np
 
 from abtf_ssd.cognata import CLASS_NAMES
 from abtf_ssd.fileio import atomic_write_text
-from abtf_ssd.preprocess import load_sample, read_manifest, sample_name
-from abtf_ssd.store import count_sample_files
+from abtf_ssd.preprocess import PARTIAL_MANIFEST_NAME, read_manifest
+from abtf_ssd.store import open_dataset
 
 DETECTION_COLUMNS = 6
 """A response row: ``[x1, y1, x2, y2, label, score]`` float32, boxes in original pixels."""
@@ -102,8 +102,9 @@ def read_accuracy_log(path: str | Path, sample_count: int | None = None) -> dict
         (LoadGen may issue a sample more than once) keeps its first response.
 
     Raises:
-        AccuracyLogError: not JSON, not a list of such entries, bad hex, a length that is not a
-            whole number of 6-float rows, or an unknown ``qsl_idx``.
+        AccuracyLogError: not JSON (or JSON Python cannot hold: nested too deeply, an integer too
+            long), not a list of such entries, bad hex, a length that is not a whole number of
+            6-float rows, or an unknown ``qsl_idx``.
     """
     path = Path(path)
     try:
@@ -113,6 +114,10 @@ def read_accuracy_log(path: str | Path, sample_count: int | None = None) -> dict
         raise AccuracyLogError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AccuracyLogError(f"{path}: not valid JSON ({e}); was the LoadGen run cut short?") from None
+    except RecursionError:
+        raise AccuracyLogError(f"{path}: JSON nested too deeply to be a LoadGen accuracy log") from None
+    except ValueError as e:  # e.g. an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise AccuracyLogError(f"{path}: not a LoadGen accuracy log ({e})") from None
     if not isinstance(entries, list):
         raise AccuracyLogError(
             f"{path}: expected a JSON list of {{qsl_idx, data}}, found {type(entries).__name__}"
@@ -156,31 +161,41 @@ def read_accuracy_log(path: str | Path, sample_count: int | None = None) -> dict
 
 
 def count_samples(dataset_dir: str | Path, prefix: str = "val") -> int:
-    """Samples ``<prefix>_0.pkl .. <prefix>_{n-1}.pkl`` in a preprocessed folder.
+    """Samples of a preprocessed split: a pickle folder or a memory-mapped store (:mod:`abtf_ssd.store`).
 
-    The manifest's count when the folder has one (:func:`abtf_ssd.preprocess.build_preprocessed`),
-    else the files themselves (an official download), which must be numbered without gaps.
+    A pickle folder's count is its manifest's when it has one
+    (:func:`abtf_ssd.preprocess.build_preprocessed`), else that of the files themselves (an official
+    download), which must be numbered ``<prefix>_0.pkl .. <prefix>_{n-1}.pkl`` without gaps.
+
+    Raises:
+        FileNotFoundError: no such folder, or a file missing in the numbering (named).
+        ValueError: a folder whose preprocessing is unfinished (``dataset.partial.json`` without
+            ``dataset.json``): its first samples are not the set.
+        abtf_ssd.store.StoreError: an unfinished or damaged store, samples of another prefix.
     """
     dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
-    manifest = read_manifest(dataset_dir)
-    if manifest is not None and manifest.get("prefix", prefix) == prefix:
-        return int(manifest["count"])
-    return count_sample_files(dataset_dir, prefix)[1]
+    partial = dataset_dir / PARTIAL_MANIFEST_NAME
+    if partial.is_file() and read_manifest(dataset_dir) is None:
+        raise ValueError(
+            f"{partial}: preprocessing into {dataset_dir} is unfinished; rerun it before using the samples"
+        )
+    return len(open_dataset(dataset_dir, prefix))
 
 
 def load_ground_truth(
     dataset_dir: str | Path, indices: Iterable[int], prefix: str = "val"
 ) -> dict[int, np.ndarray]:
-    """``gt_boxes`` (N, 7) float32 of each sample, rows ``[x1, y1, x2, y2, label, 0, 0]``."""
-    dataset_dir = Path(dataset_dir)
+    """``gt_boxes`` (N, 7) float32 of each sample, rows ``[x1, y1, x2, y2, label, 0, 0]``, from a
+    pickle folder or a memory-mapped store."""
+    dataset = open_dataset(dataset_dir, prefix)
     ground_truth = {}
     for index in indices:
-        path = dataset_dir / sample_name(prefix, index)
-        if not path.is_file():
-            raise FileNotFoundError(f"qsl_idx {index}: {path} does not exist (is this the run's dataset?)")
-        ground_truth[index] = load_sample(path)["gt_boxes"]
+        if not 0 <= index < len(dataset):
+            raise ValueError(
+                f"qsl_idx {index}: {dataset_dir} has samples 0..{len(dataset) - 1} "
+                "(is this the run's dataset?)"
+            )
+        ground_truth[index] = dataset.gt_boxes(index)
     return ground_truth
 
 

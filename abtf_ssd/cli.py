@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from abtf_ssd.backends import FRAMEWORKS
+from abtf_ssd.cognata import SPLIT_PREFIXES, SPLITS, official_split
 from abtf_ssd.download import MODEL_FORMATS
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
@@ -99,7 +100,6 @@ def _synth(**options: Any) -> None:
 
 
 def _preprocess(split: str | None = None, **options: Any) -> None:
-    from abtf_ssd.cognata import official_split
     from abtf_ssd.preprocess import build_preprocessed
 
     if split is not None:
@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--raw", "raw_root", "raw dataset root the split CSV is relative to", required=True)
     split = p.add_mutually_exclusive_group(required=True)
     _opt(split, "--split-csv", "split_csv", "img,ann split CSV")
-    _opt(split, "--split", "split", "official split", choices=("validation", "calibration"))
+    _opt(split, "--split", "split", "official split", choices=SPLITS)
     _opt(p, "--out", "out_dir", "output folder", required=True)
-    _opt(p, "--prefix", "prefix", "sample file prefix: val or calib", required=True)
+    official_prefixes = ", ".join(f"{prefix} ({name})" for name, prefix in SPLIT_PREFIXES.items())
+    _opt(p, "--prefix", "prefix", f"sample file prefix: {official_prefixes}", required=True)
     _opt(p, "--config", "config_name", "model config the images are resized for", required=True)
     _opt(p, "--workers", "workers", "processes (default: one per CPU)", type=int)
     _opt(p, "--count", "count", "only the first N rows of the split", type=int)

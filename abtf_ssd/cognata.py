@@ -81,8 +81,13 @@ SPLIT_COLUMNS = ("img", "ann")
 GT_COLUMNS = 7
 """Width of a ground-truth row ``[x1, y1, x2, y2, label, 0, 0]``."""
 
+SPLIT_PREFIXES: dict[str, str] = {"validation": "val", "calibration": "calib"}
+"""Official split name -> file name prefix of its preprocessed samples (``<prefix>_<i>.pkl``)."""
+SPLITS: tuple[str, ...] = tuple(SPLIT_PREFIXES)
+"""The official split names, in the order of :data:`SPLIT_PREFIXES`."""
+
 _DATA_DIR = Path(__file__).resolve().parent / "data"
-_OFFICIAL_SPLITS = {
+_SPLIT_CSV_NAMES = {
     "validation": "cognata_val_set.csv",
     "calibration": "cognata_calibration_set.csv",
 }
@@ -176,11 +181,11 @@ def read_split(csv_path: str | Path) -> list[tuple[str, str]]:
 
 
 def official_split(name: str) -> Path:
-    """Path of an official split CSV shipped in ``abtf_ssd/data``: ``"validation"`` or ``"calibration"``."""
+    """Path of the split CSV shipped in ``abtf_ssd/data`` for an official split (one of :data:`SPLITS`)."""
     try:
-        return _DATA_DIR / _OFFICIAL_SPLITS[name]
+        return _DATA_DIR / _SPLIT_CSV_NAMES[name]
     except KeyError:
-        raise ValueError(f"unknown split {name!r}; known: {', '.join(_OFFICIAL_SPLITS)}") from None
+        raise ValueError(f"unknown split {name!r}; known: {', '.join(SPLITS)}") from None
 
 
 def _read_header(reader, path: Path) -> list[str]:

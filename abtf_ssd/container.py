@@ -26,13 +26,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from . import __version__
+from .fileio import atomic_write_text
 
 DEVICES = ("cpu", "cuda")
 DOCKER = "docker"
@@ -364,17 +364,6 @@ def image_exists(tag: str) -> bool:
     return inspect.returncode == 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as temp:
-            temp.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def execute(
     plan: DockerPlan, dry_run: bool = False, rebuild: bool = False, out: TextIO | None = None
 ) -> None:
@@ -388,7 +377,7 @@ def execute(
     if dry_run:
         plan.results_dir.mkdir(parents=True, exist_ok=True)
         written = plan.results_dir / plan.dockerfile.name
-        _write_atomic(written, plan.dockerfile.read_text())
+        atomic_write_text(written, plan.dockerfile.read_text(encoding="utf-8"))
         print(f"# --docker_dryrun: nothing was run; {written} is the image's Dockerfile.", file=out)
         print(f"# Build the image (skipped when `docker image inspect {plan.image}` finds it):", file=out)
         print(shlex.join(plan.build_cmd), file=out)

@@ -59,6 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from abtf_ssd.cognata import SPLIT_PREFIXES
+from abtf_ssd.fileio import atomic_write_bytes, atomic_write_json
+
 RCLONE_REMOTE = "mlc-cognata"
 DRIVE_ROOT_FOLDER_ID = "1u5FDoeXHVtDrd4zClE47Gmyr7iLFidz1"
 DRIVE_SCOPE = "drive.readonly"
@@ -144,8 +147,8 @@ ARTIFACTS: dict[str, Artifact] = {
 
 # split -> (artifact name, pickle prefix: the preprocessed files are ``<prefix>_<i>.pkl``)
 DATASET_SPLITS: dict[str, tuple[str, str | None]] = {
-    "validation": ("val_2d", "val"),
-    "calibration": ("calib_2d", "calib"),
+    "validation": ("val_2d", SPLIT_PREFIXES["validation"]),
+    "calibration": ("calib_2d", SPLIT_PREFIXES["calibration"]),
     "raw": ("cognata_raw", None),
 }
 MODEL_FORMATS: dict[str, str] = {"onnx": "ssd_onnx", "pytorch": "ssd_pytorch"}
@@ -461,26 +464,11 @@ def install_r2_downloader(
         raise DownloadError(f"{url} did not return a script (starts with {body[:40]!r})")
     if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256.lower():
         raise ChecksumError(f"{url}: sha256 {hashlib.sha256(body).hexdigest()} != expected {sha256}")
-    _write_atomic(target, body, mode=0o755)
+    atomic_write_bytes(target, body, mode=0o755)
     return target
 
 
 # --------------------------------------------------------------------------- verification and extraction
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_marker(path: Path, artifact_name: str, source: str, files: dict[str, dict[str, object]]) -> None:
@@ -490,7 +478,7 @@ def _write_marker(path: Path, artifact_name: str, source: str, files: dict[str, 
         "files": files,
         "completed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_json(path, record)
 
 
 def verify_file(

@@ -13,10 +13,25 @@ LoadGen reads ``audit.config`` from the working directory and applies it to any 
 therefore takes place with the output folder as working directory, and an audit config is
 copied there only when one is given explicitly (a compliance run).
 
-A query whose inference raises is answered with an empty response so that LoadGen can finish,
-and counted: an accuracy run with any such query raises :class:`RunFailedError` naming the
-samples (an empty answer would silently lower the mAP), a performance run reports the count
-(``RunResult.ok`` is False; ``abtf-ssd run`` exits 1).
+The dataset is read through :func:`abtf_ssd.store.open_dataset`: a pickle folder or a memory-mapped
+store. What can be checked without LoadGen is checked first, and a refused run leaves the output
+folder alone: the sample files exist, a valid run covers its whole split, and one warm-up inference
+(every mode) shows that the model answers with the config's shapes. Only then are a previous run's
+files cleared.
+
+A query whose inference raises, or that uses a sample which could not be loaded, is answered with
+an empty response so that LoadGen can finish, and counted: the run then raises
+:class:`RunFailedError` naming the samples, after writing its folder with status ``failed``. An
+empty answer would silently lower the mAP, and an instant one the latency, so a performance run so
+affected is marked INVALID whatever LoadGen said (``abtf-ssd run`` exits 1).
+
+CTRL-C (SIGINT) during LoadGen: a Python exception must not cross LoadGen's C++ frames (the process
+dies of SIGSEGV), so the run's handler only sets a flag. From then on the QSL loads nothing and the
+SUT answers every query empty at once, so LoadGen runs out of queries and writes its logs; the
+folder's results.json says ``interrupted`` (INVALID) and :class:`RunInterrupted` ends the process
+with exit status 130. Should LoadGen not be done within :data:`INTERRUPT_GRACE_S` (a run scheduled
+by wall time), or on a second CTRL-C, results.json is written from what is on disk and the process
+exits 130 at once.
 """
 
 from __future__ import annotations
@@ -24,8 +39,11 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -35,9 +53,11 @@ import numpy as np
 
 from abtf_ssd import accuracy, report, rules
 from abtf_ssd.boxes import decode_batch
+from abtf_ssd.cognata import SPLIT_PREFIXES, official_split, read_split
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
 from abtf_ssd.fileio import atomic_write_json, atomic_write_text
-from abtf_ssd.preprocess import load_sample, sample_name
+from abtf_ssd.preprocess import read_manifest
+from abtf_ssd.store import Dataset, PickleDataset, SampleStore, open_dataset
 
 MODEL_DIR = "ssd"
 EXPECTED_LATENCY_FILE = "expected_latency_ns.txt"
@@ -60,6 +80,12 @@ _RUN_FILES = (
 """Files a run writes; removed from the output folder first so that no stale file survives."""
 
 _NO_DETECTIONS = np.zeros((0, accuracy.DETECTION_COLUMNS), dtype=np.float32)
+INTERRUPT_GRACE_S = 10.0
+"""Seconds LoadGen gets after CTRL-C to run out of (empty-answered) queries and write its logs."""
+EXIT_INTERRUPTED = 130
+"""Exit status of an interrupted run: 128 + SIGINT, as a shell reports it."""
+MISSING_FILES_SHOWN = 5
+"""Missing sample files named in the error (of possibly thousands)."""
 
 
 class Backend(Protocol):
@@ -67,11 +93,29 @@ class Backend(Protocol):
 
 
 class RunFailedError(RuntimeError):
-    """An accuracy run in which some queries raised; ``result`` holds what was written."""
+    """A run in which some queries failed (raised, or used a sample that could not be loaded);
+    ``result`` holds what was written (results.json status ``failed``)."""
 
     def __init__(self, message: str, result: RunResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+class RunInterrupted(SystemExit):
+    """CTRL-C ended the run after its folder was written (results.json status ``interrupted``).
+
+    A :class:`SystemExit` with code :data:`EXIT_INTERRUPTED`: left uncaught, the process exits 130
+    without a traceback, as a shell expects of an interrupted command; ``result`` holds what was
+    written.
+    """
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(EXIT_INTERRUPTED)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -125,27 +169,49 @@ class RunResult:
     failures: list[QueryFailure] = field(default_factory=list)
     expected_latency_ns: int | None = None
     """The measured value (find-performance) or the one the run used."""
+    load_errors: dict[int, str] = field(default_factory=dict)
+    """Samples the QSL could not load (queried or not), with the error."""
+    interrupted: bool = False
+    """CTRL-C ended the run: the queries after it were answered empty."""
 
     @property
     def failed_samples(self) -> list[int]:
-        return sorted({i for f in self.failures for i in f.samples})
+        return sorted({i for f in self.failures for i in f.samples} | set(self.load_errors))
+
+    @property
+    def failed_queries(self) -> int:
+        return sum(len(f.samples) for f in self.failures)
+
+    @property
+    def status(self) -> str:
+        """results.json's ``status``: ``ok``, ``failed`` or ``interrupted``."""
+        return "interrupted" if self.interrupted else "failed" if self.failed_samples else "ok"
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return self.status == "ok"
 
     def failure_message(self) -> str:
-        """What failed, for a person: the samples whose queries raised and the first error."""
+        """What failed, for a person: the samples that failed and the first error."""
         samples = self.failed_samples
+        if self.interrupted:
+            return (
+                f"{self.options.mode} run interrupted (SIGINT): the queries after it were answered with no "
+                f"detections; marked INVALID in {self.output_dir / RESULTS_JSON}"
+            )
         consequence = (
             "the latencies are not valid"
             if self.options.mode == "performance"
             else "no accuracy.txt or expected latency written"
         )
+        if self.failures:
+            first = self.failures[0].error
+        else:
+            first = f"sample could not be loaded: {self.load_errors[samples[0]]}"
         return (
-            f"{self.options.mode} run failed: {len(samples)} sample(s) raised during inference and were "
-            f"answered with no detections ({consequence}): samples {samples}; first error: "
-            f"{self.failures[0].error} (details in {self.output_dir / RESULTS_JSON})"
+            f"{self.options.mode} run failed: {len(samples)} sample(s) raised during inference or could not "
+            f"be loaded, and queries on them were answered with no detections ({consequence}): samples "
+            f"{samples}; first error: {first} (details in {self.output_dir / RESULTS_JSON})"
         )
 
 
@@ -154,53 +220,65 @@ class RunResult:
 
 
 class SampleLibrary:
-    """The QSL: loads the images LoadGen asks for into memory, keeps every loaded ``gt_boxes``."""
+    """The QSL over a :class:`~abtf_ssd.store.Dataset`: loads the samples LoadGen asks for, keeps
+    every loaded sample's ``gt_boxes``, and records (instead of raising) what cannot be loaded."""
 
-    def __init__(self, dataset_dir: Path, prefix: str, image_size: tuple[int, int]) -> None:
-        self.dataset_dir = dataset_dir
-        self.prefix = prefix
-        self.image_size = image_size
-        self.images: dict[int, np.ndarray] = {}
+    def __init__(self, dataset: Dataset, interrupt: threading.Event | None = None) -> None:
+        self.dataset = dataset
+        self.interrupt = interrupt if interrupt is not None else threading.Event()
         self.ground_truth: dict[int, np.ndarray] = {}
         self.load_errors: dict[int, str] = {}
 
-    def path(self, index: int) -> Path:
-        return self.dataset_dir / sample_name(self.prefix, index)
-
     def load(self, indices: list[int]) -> None:
         for index in indices:
+            if self.interrupt.is_set():
+                return  # the SUT answers every query empty from now on
             # An exception must not cross into LoadGen's thread: a sample that cannot be loaded
             # fails the queries that use it instead.
             try:
-                sample = load_sample(self.path(index), self.image_size)
+                self.dataset.load([index])
+                self.ground_truth[index] = self.dataset.gt_boxes(index)
             except Exception as e:  # noqa: BLE001
                 self.load_errors[index] = f"{type(e).__name__}: {e}"
-                continue
-            self.images[index] = sample["img"]
-            self.ground_truth[index] = sample["gt_boxes"]
+
+    def image(self, index: int) -> np.ndarray:
+        """float32 (1, 3, H, W) of a loaded sample."""
+        if index in self.load_errors:
+            raise LookupError(self.load_errors[index])
+        return self.dataset.image(index)
 
     def unload(self, indices: list[int]) -> None:
-        for index in indices:
-            self.images.pop(index, None)
+        self.dataset.unload(indices)
 
 
 class SystemUnderTest:
-    """Answers LoadGen's queries inline: predict, decode, respond. No per-query bookkeeping."""
+    """Answers LoadGen's queries inline: predict, decode, respond. No per-query bookkeeping.
 
-    def __init__(self, backend: Backend, library: SampleLibrary, config_name: str, batch_size: int) -> None:
+    Once ``interrupt`` is set every query is answered at once with no detections (and not counted
+    as failed), so that LoadGen runs out of queries and finishes its logs.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        library: SampleLibrary,
+        config_name: str,
+        batch_size: int,
+        interrupt: threading.Event | None = None,
+    ) -> None:
         self.backend = backend
         self.library = library
         self.config = get_config(config_name)
         self.batch_size = max(1, batch_size)
+        self.interrupt = interrupt if interrupt is not None else threading.Event()
         self.failures: list[QueryFailure] = []
 
     def infer(self, indices: list[int]) -> list[np.ndarray]:
         """Detections (K, 6) float32 C-contiguous for each sample index."""
-        images = self.library.images
         if len(indices) == 1:
-            batch = images[indices[0]]
+            batch = self.library.image(indices[0])
         else:
-            batch = np.concatenate([images[i] for i in indices], axis=0)
+            batch = np.concatenate([self.library.image(i) for i in indices], axis=0)
         loc, conf = self.backend.predict(batch)
         return [np.ascontiguousarray(d, dtype=np.float32) for d in decode_batch(loc, conf, self.config)]
 
@@ -209,11 +287,14 @@ class SystemUnderTest:
         for start in range(0, len(query_samples), step):
             chunk = query_samples[start : start + step]
             indices = [q.index for q in chunk]
-            try:
-                detections = self.infer(indices)
-            except Exception as e:  # noqa: BLE001 - any failure must still be answered
-                self.failures.append(QueryFailure(indices, self._describe(indices, e)))
+            if self.interrupt.is_set():
                 detections = [_NO_DETECTIONS] * len(chunk)
+            else:
+                try:
+                    detections = self.infer(indices)
+                except Exception as e:  # noqa: BLE001 - any failure must still be answered
+                    self.failures.append(QueryFailure(indices, self._describe(indices, e)))
+                    detections = [_NO_DETECTIONS] * len(chunk)
             # ``detections`` keeps the buffers alive until QuerySamplesComplete has copied them.
             responses = [
                 lg.QuerySampleResponse(q.id, d.ctypes.data, d.nbytes)
@@ -229,6 +310,69 @@ class SystemUnderTest:
 
     def flush_queries(self) -> None:
         pass
+
+
+class InterruptGuard:
+    """SIGINT while LoadGen runs: set ``event`` instead of raising KeyboardInterrupt.
+
+    LoadGen calls the QSL and SUT from the thread that started it, the main thread, which is where
+    Python runs signal handlers: a KeyboardInterrupt raised there would unwind LoadGen's C++ frames
+    (SIGSEGV). The first SIGINT sets ``event`` and starts a timer of ``grace_s``; the second, or the
+    timer, calls ``abandon`` (write what can be written) and ends the process with exit status 130.
+    Outside the main thread (no handler can be installed there) the guard does nothing.
+    """
+
+    def __init__(self, event: threading.Event, abandon: Callable[[], None], grace_s: float) -> None:
+        self.event = event
+        self.abandon = abandon
+        self.grace_s = grace_s
+        self._lock = threading.RLock()  # the handler may run in the thread inside __exit__
+        self._done = False
+        self._timer: threading.Timer | None = None
+        self._previous: Callable | int | None = None
+        self._installed = False
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Under the lock: a give-up already under way finishes (and exits) before the run goes on.
+        with self._lock:
+            self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            self._give_up()
+            return
+        self.event.set()
+        print(
+            f"interrupted: answering the remaining queries empty so that LoadGen can write its logs "
+            f"(at most {self.grace_s:g} s; CTRL-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._timer = threading.Timer(self.grace_s, self._give_up)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _give_up(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            try:
+                self.abandon()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # LoadGen is still running its C++ threads: no interpreter shutdown, no unwinding.
+                os._exit(EXIT_INTERRUPTED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,25 +434,110 @@ def _absolute(options: RunOptions) -> RunOptions:
     return RunOptions(**values)
 
 
-def _prepare_output(out_dir: Path, audit_config: Path | None) -> None:
-    """Create the output folder, clear a previous run's files, and place the audit config (if any)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _check_output(out_dir: Path, audit_config: Path | None) -> None:
+    """Refuse a stray audit.config in the output folder: LoadGen would make this a compliance run."""
     audit_here = out_dir / AUDIT_CONFIG
     if audit_config is None and audit_here.exists():
         raise FileExistsError(
             f"{audit_here} would turn this run into a compliance run: remove it, or pass it as audit_config"
         )
+
+
+def _prepare_output(out_dir: Path, audit_config: Path | None) -> None:
+    """Create the output folder, clear a previous run's files, and place the audit config (if any).
+
+    Called only once the run can no longer be refused, so that a refused run keeps earlier results.
+    """
+    _check_output(out_dir, audit_config)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name in _RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    audit_here = out_dir / AUDIT_CONFIG
     if audit_config is not None and audit_config != audit_here.resolve():
         shutil.copyfile(audit_config, audit_here)
 
 
+def _check_sample_files(dataset: Dataset, dataset_dir: Path, count: int) -> None:
+    """Each of the ``count`` sample files the QSL will serve exists (a stat each), before LoadGen starts.
+
+    Without this a missing file is found only when LoadGen's QSL opens it, and a performance run
+    may never ask for it. A memory-mapped store was checked when it was opened.
+    """
+    if not isinstance(dataset, PickleDataset):
+        return
+    missing = [dataset.path(i).name for i in range(count) if not dataset.path(i).is_file()]
+    if missing:
+        shown = ", ".join(missing[:MISSING_FILES_SHOWN])
+        if len(missing) > MISSING_FILES_SHOWN:
+            shown += ", ..."
+        raise FileNotFoundError(
+            f"{dataset_dir}: {len(missing)} of the {count} sample files this run needs are missing: {shown}"
+        )
+
+
+def _official_rows(prefix: str) -> tuple[int, str] | None:
+    """Rows of the official split whose samples are named ``<prefix>_<i>.pkl``, and the CSV's name."""
+    split = next((name for name, p in SPLIT_PREFIXES.items() if p == prefix), None)
+    if split is None:
+        return None
+    csv_path = official_split(split)
+    return len(read_split(csv_path)), f"the official {split} split {csv_path.name}"
+
+
+def _split_rows(dataset: Dataset) -> tuple[int, str] | None:
+    """How many rows the split the dataset was made from has, and which split; None when unknown.
+
+    A pickle folder of :func:`abtf_ssd.preprocess.build_preprocessed` records it in dataset.json; one
+    without a manifest is the official download. A store records the split of the pickles it was
+    converted from: none for an official download, else that folder's dataset.json tells.
+    """
+    if isinstance(dataset, PickleDataset):
+        manifest = dataset.manifest
+        if manifest is None:
+            return _official_rows(dataset.prefix)
+    elif isinstance(dataset, SampleStore):
+        if dataset.manifest.get("split_csv_sha256") is None:
+            return _official_rows(dataset.prefix)
+        source = dataset.manifest.get("source")
+        manifest = read_manifest(source) if source and Path(source).is_dir() else None
+        if manifest is None or manifest.get("split_csv_sha256") != dataset.manifest["split_csv_sha256"]:
+            return None
+    else:
+        return None
+    rows = manifest.get("split_rows")
+    return (rows, f"split {manifest.get('split_csv')}") if isinstance(rows, int) else None
+
+
+def _check_whole_split(dataset: Dataset, dataset_dir: Path) -> None:
+    """A valid run covers every row of its split: a part of it would give a number of other samples."""
+    split = _split_rows(dataset)
+    if split is not None and len(dataset) < split[0]:
+        rows, which = split
+        raise ValueError(
+            f"{dataset_dir}: holds {len(dataset)} samples, but {which} has {rows} rows; a valid run needs "
+            "them all: preprocess the whole split (or use execution_mode 'test' for a short run)"
+        )
+
+
+def _check_image_size(dataset: Dataset, dataset_dir: Path, config_name: str) -> None:
+    """The samples are the size the config's network takes; an official download is checked per sample."""
+    expected = tuple(get_config(config_name).image_size)
+    found = getattr(dataset, "image_size", None)
+    if found is not None and tuple(found) != expected:
+        raise ValueError(
+            f"{dataset_dir}: samples are {found[0]}x{found[1]} (HxW), config {config_name!r} takes "
+            f"{expected[0]}x{expected[1]}: preprocess the split for that config"
+        )
+    if isinstance(dataset, PickleDataset):
+        dataset.image_size = expected
+
+
 def _warm_up(sut: SystemUnderTest, library: SampleLibrary, batch_size: int) -> None:
-    """One inference before timing starts, so that lazy initialisation is not in the first query."""
+    """One inference before timing starts, in every mode: lazy initialisation stays out of the first
+    query, and a model whose output shapes only a forward pass shows is refused before LoadGen."""
     library.load([0])
     if 0 in library.load_errors:
-        raise ValueError(f"{library.path(0)}: {library.load_errors[0]}")
+        raise ValueError(f"warm-up: sample 0 could not be loaded: {library.load_errors.pop(0)}")
     sut.infer([0] * batch_size)
     library.unload([0])
 
@@ -319,17 +548,24 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     ``backend`` replaces the one :func:`abtf_ssd.backends.create_backend` would make.
 
     Raises:
-        RunFailedError: an accuracy run in which some queries raised (after writing the folder).
-        rules.RulesError, ValueError, FileNotFoundError: bad options, before anything runs.
+        RunFailedError: some queries failed (after writing the folder, results.json status ``failed``).
+        RunInterrupted: CTRL-C (after writing the folder, status ``interrupted``); exits 130 uncaught.
+        rules.RulesError, ValueError, FileNotFoundError, StoreError, BackendError: bad options, a
+            dataset that is missing files or not the whole split (valid runs), a model that does not
+            fit: before anything is written.
     """
     _validate(options)
     command = options.command if options.command is not None else shlex.join(sys.argv)
     options = _absolute(options)
     dataset_dir = Path(options.dataset_dir)
-    total = accuracy.count_samples(dataset_dir, options.dataset_prefix)
+    dataset = open_dataset(dataset_dir, options.dataset_prefix)
+    if options.execution_mode == "valid" and options.mode != "find-performance":
+        _check_whole_split(dataset, dataset_dir)
+    total = len(dataset)
     short = options.execution_mode == "test" or options.mode == "find-performance"
     if short:
         total = min(total, options.test_query_count)
+    _check_sample_files(dataset, dataset_dir, total)
     round_rules = rules.get_round(options.round)
     performance_count = min(options.performance_sample_count or round_rules.performance_sample_count, total)
     expected_latency = options.expected_latency_ns
@@ -351,6 +587,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         user_conf=options.user_conf,
         performance_sample_count=performance_count,
     )
+    out_dir = output_dir(options)
+    audit_config = Path(options.audit_config) if options.audit_config is not None else None
+    _check_output(out_dir, audit_config)
 
     if backend is None:
         from abtf_ssd.backends import create_backend
@@ -361,25 +600,47 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
             options.framework, options.model_path, options.device, options.threads, options.config_name
         )
     options = replace(options, config_name=_config_name(options, backend))
-    config = get_config(options.config_name)
-    library = SampleLibrary(dataset_dir, options.dataset_prefix, config.image_size)
-    sut = SystemUnderTest(backend, library, options.config_name, options.batch_size)
-    out_dir = output_dir(options)
-    _prepare_output(out_dir, Path(options.audit_config) if options.audit_config is not None else None)
-    if options.mode != "accuracy":
-        _warm_up(sut, library, options.batch_size if options.scenario != "SingleStream" else 1)
+    _check_image_size(dataset, dataset_dir, options.config_name)
+    interrupt = threading.Event()
+    library = SampleLibrary(dataset, interrupt)
+    sut = SystemUnderTest(backend, library, options.config_name, options.batch_size, interrupt)
+    _warm_up(sut, library, options.batch_size if options.scenario != "SingleStream" else 1)
 
-    _start_loadgen(sut, library, settings, out_dir, total, performance_count)
-
+    # Nothing refused the run: from here on the folder is this run's.
+    _prepare_output(out_dir, audit_config)
     atomic_write_text(out_dir / USER_CONF, rules.user_conf_text(settings, options.scenario, options.round))
     atomic_write_text(out_dir / COMMAND_TXT, command + "\n")
-    result = _collect(options, out_dir, sut, library, total, expected_latency)
-    _write_results_json(result, dataset_dir, settings, getattr(backend, "name", type(backend).__name__))
+    backend_name = getattr(backend, "name", type(backend).__name__)
+
+    def abandon() -> None:
+        """Record the run as interrupted from what LoadGen has written so far (it is still running)."""
+        result = RunResult(
+            out_dir,
+            options,
+            _summary_so_far(options, out_dir, sut),
+            failures=list(sut.failures),
+            expected_latency_ns=expected_latency,
+            load_errors=dict(library.load_errors),
+            interrupted=True,
+        )
+        _mark_invalid(result)
+        _write_results_json(result, dataset_dir, settings, backend_name)
+        print(f"{result.failure_message()}; LoadGen's logs are incomplete", file=sys.stderr)
+
+    with InterruptGuard(interrupt, abandon, INTERRUPT_GRACE_S):
+        _start_loadgen(sut, library, settings, out_dir, total, performance_count)
+
+    result = _collect(options, out_dir, sut, library, total, expected_latency, interrupt.is_set())
+    _mark_invalid(result)
+    _write_results_json(result, dataset_dir, settings, backend_name)
     print(report.format_table([result.summary]))
-    if options.mode == "find-performance" and result.expected_latency_ns is not None:
+    if options.mode == "find-performance" and result.expected_latency_ns is not None and result.ok:
         stored = scenario_dir(options) / EXPECTED_LATENCY_FILE
         print(f"expected latency {result.expected_latency_ns} ns written to {stored}")
-    if options.mode != "performance" and result.failures:
+    if result.interrupted:
+        print(result.failure_message(), file=sys.stderr)
+        raise RunInterrupted(result.failure_message(), result)
+    if not result.ok:
         raise RunFailedError(result.failure_message(), result)
     return result
 
@@ -414,6 +675,15 @@ def _start_loadgen(
         lg.DestroySUT(sut_handle)
 
 
+def _summary_so_far(options: RunOptions, out_dir: Path, sut: SystemUnderTest) -> report.RunSummary:
+    """The table row from a detail log LoadGen may still be writing (its last line can be cut)."""
+    failed = sum(len(f.samples) for f in sut.failures)
+    try:
+        return report.summarize_run(out_dir, options.scenario, options.mode, failed_queries=failed)
+    except (ValueError, OSError):
+        return report.RunSummary(scenario=options.scenario, mode=options.mode, failed_queries=failed)
+
+
 def _collect(
     options: RunOptions,
     out_dir: Path,
@@ -421,31 +691,57 @@ def _collect(
     library: SampleLibrary,
     total: int,
     expected_latency: int | None,
+    interrupted: bool,
 ) -> RunResult:
     failed = sum(len(f.samples) for f in sut.failures)
     summary = report.summarize_run(out_dir, options.scenario, options.mode, failed_queries=failed)
     result = RunResult(
-        out_dir, options, summary, failures=list(sut.failures), expected_latency_ns=expected_latency
+        out_dir,
+        options,
+        summary,
+        failures=list(sut.failures),
+        expected_latency_ns=expected_latency,
+        load_errors=dict(library.load_errors),
+        interrupted=interrupted,
     )
-    if options.mode == "accuracy" and not sut.failures:
+    if not result.ok:
+        return result  # no number over answers that were not the model's
+    if options.mode == "accuracy":
         log = out_dir / accuracy.ACCURACY_LOG
         detections = accuracy.read_accuracy_log(log, sample_count=total)
-        missing = [i for i in detections if i not in library.ground_truth]
-        loaded = accuracy.load_ground_truth(options.dataset_dir, missing, options.dataset_prefix)
-        ground_truth = {**library.ground_truth, **loaded}
+        ground_truth = {
+            i: library.ground_truth[i] if i in library.ground_truth else library.dataset.gt_boxes(i)
+            for i in detections
+        }
         result.map_result = accuracy.compute_map(detections, options.dataset_dir, ground_truth=ground_truth)
         accuracy.write_accuracy_txt(result.map_result, out_dir / accuracy.ACCURACY_TXT)
         summary.map = result.map_result.map
-    if options.mode != "accuracy":
+    else:
         trace = report.read_trace_latencies(out_dir / report.TRACE_LOG)
         if trace is not None and len(trace.query_ns):
             title = f"{options.scenario} {options.mode}: LoadGen query latency ({options.system_name})"
             report.write_latency_histogram(trace.query_ns, out_dir / report.HISTOGRAM_PNG, title)
-    if options.mode == "find-performance" and not sut.failures:
+    if options.mode == "find-performance":
         result.expected_latency_ns = _measured_latency(summary)
         path = scenario_dir(options) / EXPECTED_LATENCY_FILE
         atomic_write_text(path, f"{result.expected_latency_ns}\n")
     return result
+
+
+def _mark_invalid(result: RunResult) -> None:
+    """A run with failed queries or interrupted is INVALID whatever LoadGen said: the empty answers
+    were instant (lowering the latency) and are not the model's (lowering the mAP)."""
+    if result.interrupted:
+        reason = "interrupted (SIGINT): the queries after it were answered with no detections"
+    elif result.failed_samples:
+        reason = (
+            f"{len(result.failed_samples)} sample(s) failed (raised during inference or could not be "
+            "loaded); queries on them were answered with no detections"
+        )
+    else:
+        return
+    result.summary.result = "INVALID"
+    result.summary.invalid_reasons.append(reason)
 
 
 def _measured_latency(summary: report.RunSummary) -> int:
@@ -462,15 +758,16 @@ def _write_results_json(
 ) -> None:
     options = result.options
     data = {
-        "status": "ok" if result.ok else "failed",
+        "status": result.status,
         "dataset_dir": str(dataset_dir),
         "backend": backend_name,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "summary": result.summary.to_dict(),
         "table": report.format_table([result.summary]).splitlines(),
-        "failed_queries": sum(len(f.samples) for f in result.failures),
+        "failed_queries": result.failed_queries,
         "failed_samples": result.failed_samples,
         "failures": [asdict(f) for f in result.failures],
+        "load_errors": {str(i): error for i, error in sorted(result.load_errors.items())},
         "expected_latency_ns": result.expected_latency_ns,
         "accuracy": result.map_result.to_dict() if result.map_result else None,
         "effective_settings": {

@@ -1,6 +1,7 @@
 """Raw Cognata frames -> the official preprocessed pickles, and a safe reader for them.
 
-One pickle per sample, ``<prefix>_<i>.pkl`` (``i`` = row index in the split CSV), holding the dict
+One pickle per sample, ``<prefix>_<i>.pkl`` (``i`` = row index in the split CSV; the official splits'
+prefixes are :data:`~abtf_ssd.cognata.SPLIT_PREFIXES`), holding the dict
 ``{"img": float32 (1, 3, H, W), "gt_boxes": float32 (N, 7)}`` that MLCommons distributes as
 ``val_2d`` / ``calib_2d``. ``img`` is the frame as RGB, PIL-bilinear-resized to the config's
 ``image_size`` when that differs from the frame, divided by 255 and normalised with
@@ -8,7 +9,7 @@ One pickle per sample, ``<prefix>_<i>.pkl`` (``i`` = row index in the split CSV)
 torchvision's ``ToTensor`` then ``Normalize`` compute it. ``gt_boxes`` comes from
 :func:`abtf_ssd.cognata.read_annotation`.
 
-:func:`build_preprocessed` writes a set with N worker processes, atomically (temp file + rename),
+:func:`build_preprocessed` writes a set with N worker processes, atomically (:mod:`abtf_ssd.fileio`),
 resumably (a rerun skips samples whose file is complete), and finishes with a manifest
 ``dataset.json``; while a run is unfinished the folder holds ``dataset.partial.json`` instead.
 One set per folder.
@@ -30,7 +31,6 @@ import os
 import pickle
 import pickletools
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from abtf_ssd.cognata import GT_COLUMNS, CognataFormatError, read_annotation, read_split
 from abtf_ssd.config import MEAN, STD, SSDConfig, get_config
+from abtf_ssd.fileio import atomic_output, atomic_write_json
 
 PICKLE_PROTOCOL = 4
 """Protocol 4 is what ``pickle.dump`` writes by default on Python 3.8-3.13 (the reference's); pinned so
@@ -49,7 +50,6 @@ that the bytes do not change with Python 3.14's default of 5."""
 MANIFEST_NAME = "dataset.json"
 PARTIAL_MANIFEST_NAME = "dataset.partial.json"
 _LOCK_NAME = "preprocess.lock"
-_TEMP_SUFFIX = ".tmp"
 
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -121,9 +121,9 @@ def sample_name(prefix: str, index: int) -> str:
 
 
 def write_sample(path: str | Path, img: np.ndarray, gt_boxes: np.ndarray) -> None:
-    """Write one sample pickle atomically: a temp file in the same folder, then ``os.replace``."""
+    """Write one sample pickle atomically (:func:`abtf_ssd.fileio.atomic_output`)."""
     sample = {"img": img, "gt_boxes": gt_boxes}
-    with _atomic_writer(Path(path)) as f:
+    with atomic_output(path) as temp, temp.open("wb") as f:
         pickle.dump(sample, f, protocol=PICKLE_PROTOCOL)
 
 
@@ -325,7 +325,8 @@ def build_preprocessed(
         raw_root: dataset root the split CSV's paths are relative to.
         split_csv: ``img,ann`` CSV; its row index is the sample index.
         out_dir: created if needed; holds one set (one prefix, config and split).
-        prefix: ``"val"`` or ``"calib"`` (any ``[A-Za-z0-9-]+`` name is accepted).
+        prefix: an official split's, :data:`~abtf_ssd.cognata.SPLIT_PREFIXES` (any ``[A-Za-z0-9-]+``
+            name is accepted).
         config_name: model config whose ``image_size`` the images are resized to.
         workers: processes; None uses every CPU this process may run on. Output does not depend on it.
         count: how many rows from the start of the split; None for all.
@@ -518,28 +519,13 @@ def _check_folder_holds_this_set(out_dir: Path, identity: dict[str, Any], prefix
 
 
 def _remove_stale_temp_files(out_dir: Path, prefix: str) -> None:
-    for path in out_dir.glob(f"{prefix}_*.pkl.*{_TEMP_SUFFIX}"):
+    """Delete the half-written sample files a killed run left: ``fileio``'s ``.<name>.<random>.tmp``."""
+    for path in out_dir.glob(f".{prefix}_*.pkl.*.tmp"):
         path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with _atomic_writer(path) as f:
-        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_json(path, data, sort_keys=True)
 
 
 def _sha256(path: Path) -> str:

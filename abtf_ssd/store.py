@@ -361,7 +361,8 @@ def open_dataset(
 
     Args:
         path: the folder.
-        prefix: the sample prefix expected (``"val"``, ``"calib"``); None accepts the folder's.
+        prefix: the sample prefix expected (an official split's: :data:`~abtf_ssd.cognata.SPLIT_PREFIXES`);
+            None accepts the folder's.
         image_size: (H, W) the images must have; None accepts the folder's.
 
     Raises:

@@ -215,6 +215,13 @@ def test_official_splits():
         official_split("test")
 
 
+def test_every_official_split_has_a_prefix_and_a_csv():
+    assert cognata.SPLITS == ("validation", "calibration")
+    assert cognata.SPLIT_PREFIXES == {"validation": "val", "calibration": "calib"}
+    for split in cognata.SPLITS:
+        assert official_split(split).is_file()
+
+
 def test_split_columns_by_name_and_bad_paths(tmp_path):
     path = tmp_path / "split.csv"
     path.write_text("ann,extra,img\nr/c_ann/1.csv,x,r/c_png/1.png\n\n")

@@ -139,10 +139,16 @@ def test_a_failing_sample_fails_the_accuracy_run_naming_it(tmp_path, tiny_datase
     assert sorted(detections) == list(range(6)) and len(detections[3]) == 0 and len(detections[2]) > 0
 
 
-def test_failing_queries_are_counted_in_a_performance_run(tmp_path, tiny_dataset, backend, capsys) -> None:
-    result = _run(tmp_path, tiny_dataset, FailingBackend(backend, good_calls=1))  # the warm-up succeeds
+def test_failing_queries_fail_a_performance_run_and_make_it_invalid(
+    tmp_path, tiny_dataset, backend, capsys
+) -> None:
+    with pytest.raises(RunFailedError, match="performance run failed.*device lost") as info:
+        _run(tmp_path, tiny_dataset, FailingBackend(backend, good_calls=1))  # the warm-up succeeds
+    result = info.value.result
     assert not result.ok and result.summary.failed_queries == 4
-    assert json.loads((result.output_dir / "results.json").read_text())["status"] == "failed"
+    saved = json.loads((result.output_dir / "results.json").read_text())
+    assert saved["status"] == "failed" and saved["summary"]["result"] == "INVALID"
+    assert any("answered with no detections" in reason for reason in saved["summary"]["invalid_reasons"])
     assert "4 queries raised and were answered empty: run FAILED" in capsys.readouterr().out
 
 

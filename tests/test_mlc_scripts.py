@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import finished_cache_entries
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -46,19 +47,6 @@ def mlcr(env: dict[str, str], cwd: Path, *args: str, ok: bool = True) -> str:
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode != 0, f"{' '.join(cmd)} should have failed:\n{proc.stdout + proc.stderr}"
     return proc.stdout + proc.stderr
-
-
-def cache_entries(env: dict[str, str], cwd: Path, tags: str) -> list[Path]:
-    """Finished (not ``tmp``) cache entries whose tags include ``tags``, via ``mlc search cache``."""
-    proc = subprocess.run(
-        [str(BIN / "mlc"), "search", "cache", f"--tags={tags},-tmp"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return sorted(Path(p) for p in re.findall(r"Item path: (\S+)", proc.stdout + proc.stderr))
 
 
 def exported(output: str, label: str) -> str:
@@ -164,13 +152,13 @@ def test_synthetic_raw_dataset_is_cached_per_input(mlc_home: tuple[dict[str, str
         mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *other_args), "Raw Cognata dataset"
     )
     assert second != first
-    entries = cache_entries(env, home, "get,raw,dataset,cognata,_synthetic")
+    entries = finished_cache_entries(env, home, "get,raw,dataset,cognata,_synthetic")
     assert {Path(first), Path(second)} <= set(entries)
 
     again = mlcr(env, home, "get,raw,dataset,cognata,_synthetic", *TINY_RAW)
     assert exported(again, "Raw Cognata dataset") == first
     assert "mlc-cached-state.json" in again  # loaded, not made
-    assert cache_entries(env, home, "get,raw,dataset,cognata,_synthetic") == entries
+    assert finished_cache_entries(env, home, "get,raw,dataset,cognata,_synthetic") == entries
 
 
 def test_preprocessed_synthetic_to_outdirname(mlc_home: tuple[dict[str, str], Path]) -> None:
@@ -187,7 +175,7 @@ def test_preprocessed_synthetic_to_outdirname(mlc_home: tuple[dict[str, str], Pa
         assert exported(output, "Preprocessed Cognata dataset") == str(out)
         assert sorted(p.name for p in out.glob("*.pkl")) == [f"{prefix}_{i}.pkl" for i in range(count)]
         assert json.loads((out / "dataset.json").read_text())["config"] == "demo"
-    entries = cache_entries(env, home, "get,preprocessed,dataset,cognata")
+    entries = finished_cache_entries(env, home, "get,preprocessed,dataset,cognata")
     assert len(entries) == 2
 
 
@@ -205,7 +193,7 @@ def test_synthetic_models_onnx_and_pytorch(mlc_home: tuple[dict[str, str], Path]
     output = mlcr(env, home, "get,ml-model,ssd,resnet50,_synthetic,_pytorch", f"--outdirname={out}")
     assert Path(exported(output, "SSD-ResNet50 model")).parent == out
     assert list(out.glob("*.pth"))
-    assert len(cache_entries(env, home, "get,ml-model,ssd,resnet50,_synthetic")) == 2
+    assert len(finished_cache_entries(env, home, "get,ml-model,ssd,resnet50,_synthetic")) == 2
 
 
 @pytest.mark.parametrize(
@@ -229,7 +217,7 @@ def test_real_downloads_dry_run(mlc_home: tuple[dict[str, str], Path], tags: str
     assert expected in output
     # mlcflow itself leaves its tmp-state.json in --outdirname.
     assert not [p for p in out.rglob("*") if not p.name.startswith("tmp-")], "a dry run wrote files"
-    assert not cache_entries(env, home, tags.split(",_")[0] + ",_mlc")
+    assert not finished_cache_entries(env, home, tags.split(",_")[0] + ",_mlc")
 
 
 def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
@@ -270,10 +258,10 @@ def test_impossible_requests_fail_before_any_download(
     mlc_home: tuple[dict[str, str], Path], args: tuple[str, ...], message: str
 ) -> None:
     env, home = mlc_home
-    before = cache_entries(env, home, "get")
+    before = finished_cache_entries(env, home, "get")
     output = mlcr(env, home, "run-abtf-inference,reference,_v0.5,_full", "--device=cpu", *args, ok=False)
     assert message in output
-    assert cache_entries(env, home, "get") == before
+    assert finished_cache_entries(env, home, "get") == before
 
 
 def test_cuda_without_gpu_fails_before_any_download(mlc_home: tuple[dict[str, str], Path]) -> None:

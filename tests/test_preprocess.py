@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import build_demo_val_set, val_sample_names
 from PIL import Image
 
 from abtf_ssd import preprocess
@@ -85,12 +86,11 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 def build(dataset, out: Path, **kwargs) -> Path:
     root, split = dataset
-    kwargs.setdefault("workers", 1)
-    return build_preprocessed(root, split, out, "val", DEMO_CONFIG, progress=False, **kwargs)
+    return build_demo_val_set(root, split, out, **kwargs)
 
 
 def file_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("val_*.pkl"))}
+    return {name: (folder / name).read_bytes() for name in val_sample_names(folder)}
 
 
 # --- one frame -----------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_resume_skips_finished_and_redoes_broken_samples(dataset, tmp_path):
     # A crash of a non-atomic writer: half a file under the final name; and a stale temp file.
     (out / "val_1.pkl").write_bytes(expected["val_1.pkl"][: len(expected["val_1.pkl"]) // 2])
     (out / "val_2.pkl").write_bytes(b"")
-    stale_temp = out / "val_3.pkl.abc123.tmp"
+    stale_temp = out / ".val_3.pkl.0123456789ab.tmp"  # abtf_ssd.fileio's temp-file naming
     stale_temp.write_bytes(b"\x80\x04partial")
 
     build(dataset, out)

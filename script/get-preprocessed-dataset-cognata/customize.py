@@ -2,10 +2,10 @@
 
 import os
 
-# Split name -> (file name prefix of the pickles, env key of the raw dataset's split CSV).
-_SPLITS = {
-    "validation": ("val", "MLC_ABTF_RAW_DATASET_VAL_CSV"),
-    "calibration": ("calib", "MLC_ABTF_RAW_DATASET_CALIBRATION_CSV"),
+# Split name -> env key of the raw dataset's split CSV; the pickles' prefix is cognata.SPLIT_PREFIXES.
+_RAW_CSV_KEYS = {
+    "validation": "MLC_ABTF_RAW_DATASET_VAL_CSV",
+    "calibration": "MLC_ABTF_RAW_DATASET_CALIBRATION_CSV",
 }
 
 
@@ -17,14 +17,16 @@ def preprocess(i):
 
 def _get_preprocessed(env):
     out_dir = os.getcwd()  # the cache entry, or --outdirname (mlcflow has changed into it)
+    from abtf_ssd import cognata
+
     split = env["MLC_ABTF_DATASET_SPLIT"]
-    prefix, raw_csv_key = _SPLITS[split]
+    prefix = cognata.SPLIT_PREFIXES[split]
     source = env["MLC_ABTF_DATASET_SOURCE"]
     env["MLC_ABTF_DATASET_PREFIX"] = prefix
     if source == "mlc":
         _download(env, out_dir, split)
         return
-    from abtf_ssd import cognata, preprocess
+    from abtf_ssd import preprocess
     from abtf_ssd.mlc_scripts import env_int
 
     if source == "local":
@@ -34,7 +36,7 @@ def _get_preprocessed(env):
         split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or cognata.official_split(split)
     else:
         raw_root = env["MLC_ABTF_RAW_DATASET_PATH"]
-        split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[raw_csv_key]
+        split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[_RAW_CSV_KEYS[split]]
     preprocess.build_preprocessed(
         raw_root,
         split_csv,

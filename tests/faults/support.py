@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import pickle
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Re-exported: the faults tests import it from here.
+from helpers import finished_cache_entries as finished_cache_entries
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -297,16 +299,3 @@ def mlcr(
         text=True,
         timeout=timeout,
     )
-
-
-def finished_cache_entries(env: dict[str, str], cwd: Path, tags: str) -> list[Path]:
-    """Finished (not ``tmp``) MLC cache entries with ``tags``."""
-    proc = subprocess.run(
-        [str(BIN / "mlc"), "search", "cache", f"--tags={tags},-tmp"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return sorted(Path(p) for p in re.findall(r"Item path: (\S+)", proc.stdout + proc.stderr))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import build_demo_val_set, val_sample_names
 
 from abtf_ssd import preprocess
 from abtf_ssd.config import DEMO_CONFIG, get_config
@@ -77,16 +78,8 @@ if __name__ == "__main__":  # spawn workers import this file
 """
 
 
-def samples(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("val_*.pkl"))
-
-
 def temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
-
-
-def resume(raw: Path, split: Path, out: Path, workers: int = 2) -> Path:
-    return build_preprocessed(raw, split, out, "val", DEMO_CONFIG, workers=workers, progress=False)
 
 
 def test_sigkill_mid_write_resumes_byte_identical(tiny_dataset, long_split, long_reference, tmp_path):
@@ -97,15 +90,15 @@ def test_sigkill_mid_write_resumes_byte_identical(tiny_dataset, long_split, long
     assert killed.returncode == -signal.SIGKILL, killed.stderr
 
     # The crash left half of sample 5 in a temp file, never under its final name.
-    assert samples(out) == sorted(f"val_{i}.pkl" for i in range(5))
-    assert all(is_complete_pickle(out / name) for name in samples(out))
+    assert val_sample_names(out) == sorted(f"val_{i}.pkl" for i in range(5))
+    assert all(is_complete_pickle(out / name) for name in val_sample_names(out))
     (half,) = temp_files(out)
     assert "val_5.pkl." in half
     assert (out / PARTIAL_MANIFEST_NAME).is_file() and not (out / MANIFEST_NAME).exists()
     assert read_manifest(out) is None
     stamp = (out / "val_0.pkl").stat().st_mtime_ns
 
-    resume(tiny_dataset.raw_root, long_split, out)
+    build_demo_val_set(tiny_dataset.raw_root, long_split, out, workers=2)
 
     assert tree_digest(out) == tree_digest(long_reference)
     assert (out / "val_0.pkl").stat().st_mtime_ns == stamp, "a finished sample was redone"
@@ -127,7 +120,9 @@ def test_sigkill_of_the_parent_leaves_no_orphan_workers_and_resumes(
         start_new_session=True,
     )
     try:
-        wait_until(lambda: len(samples(out)) >= 6 if out.is_dir() else False, 120, "six finished samples")
+        wait_until(
+            lambda: len(val_sample_names(out)) >= 6 if out.is_dir() else False, 120, "six finished samples"
+        )
         child.send_signal(signal.SIGKILL)  # the parent only, as the OOM killer would
         assert child.wait(timeout=30) == -signal.SIGKILL
         # Its spawn workers notice the dead parent and exit by themselves.
@@ -135,9 +130,9 @@ def test_sigkill_of_the_parent_leaves_no_orphan_workers_and_resumes(
     finally:
         kill_group(child.pid)
     assert not (out / MANIFEST_NAME).exists(), "the run finished before it was killed: lengthen long_split"
-    assert 6 <= len(samples(out)) < 36
+    assert 6 <= len(val_sample_names(out)) < 36
 
-    resume(tiny_dataset.raw_root, long_split, out)
+    build_demo_val_set(tiny_dataset.raw_root, long_split, out, workers=2)
 
     assert tree_digest(out) == tree_digest(long_reference)
     assert not temp_files(out)
@@ -155,7 +150,7 @@ def test_an_interrupted_set_is_not_taken_for_a_finished_one(tiny_dataset, long_s
     script = tmp_path / "kill_mid_write.py"
     script.write_text(KILL_MID_WRITE)
     run_python([str(script), str(tiny_dataset.raw_root), str(long_split), str(out), "5"], tmp_path)
-    assert samples(out) == sorted(f"val_{i}.pkl" for i in range(5))
+    assert val_sample_names(out) == sorted(f"val_{i}.pkl" for i in range(5))
 
     with pytest.raises((FileNotFoundError, ValueError), match=PARTIAL_MANIFEST_NAME):
         count_samples(out, "val")
@@ -189,13 +184,13 @@ def test_disk_full_mid_run_names_the_sample_and_keeps_finished_work(tiny_dataset
         message = str(info.value)
         assert "val_4.pkl" in message and "row 4" in message and str(split) in message
         assert "full" in message and "rerun" in message
-        assert samples(out) == [f"val_{i}.pkl" for i in range(4)]
-        assert all(is_complete_pickle(out / name) for name in samples(out))
+        assert val_sample_names(out) == [f"val_{i}.pkl" for i in range(4)]
+        assert all(is_complete_pickle(out / name) for name in val_sample_names(out))
         assert not temp_files(out) and not (out / MANIFEST_NAME).exists()
 
         monkeypatch.setattr(preprocess, "write_sample", real_write)
         filler.unlink()
-        resume(tiny_dataset.raw_root, split, out, workers=1)
+        build_demo_val_set(tiny_dataset.raw_root, split, out)
         assert tree_digest(out) == tree_digest(tiny_dataset.preprocessed)
 
 
@@ -253,12 +248,12 @@ def test_missing_frame_mid_split_names_it_and_loses_nothing(tiny_dataset, tmp_pa
         build_preprocessed(raw, split, out, "val", DEMO_CONFIG, workers=2, progress=False)
     message = str(info.value)
     assert "row 7" in message and str(png) in message and "does not exist" in message
-    assert all(is_complete_pickle(out / name) for name in samples(out))
-    assert "val_7.pkl" not in samples(out) and not temp_files(out)
+    assert all(is_complete_pickle(out / name) for name in val_sample_names(out))
+    assert "val_7.pkl" not in val_sample_names(out) and not temp_files(out)
     assert read_manifest(out) is None
 
     moved.rename(png)
-    resume(raw, split, out)
+    build_demo_val_set(raw, split, out, workers=2)
     assert tree_digest(out) == tree_digest(tiny_dataset.preprocessed)
 
 

@@ -1,0 +1,45 @@
+"""Plain helpers shared by the test modules and the faults suite (fixtures live in ``conftest.py``).
+
+Importable as ``helpers`` because pytest puts ``tests/`` on ``sys.path`` (rootdir-relative import of
+the ``conftest.py`` and test modules there).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+"""The venv's ``bin`` folder: ``mlc`` and ``mlcr`` are installed beside this Python."""
+
+
+def finished_cache_entries(env: dict[str, str], cwd: Path, tags: str) -> list[Path]:
+    """Finished (not ``tmp``) MLC cache entries whose tags include ``tags``, via ``mlc search cache``."""
+    proc = subprocess.run(
+        [str(BIN / "mlc"), "search", "cache", f"--tags={tags},-tmp"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return sorted(Path(p) for p in re.findall(r"Item path: (\S+)", proc.stdout + proc.stderr))
+
+
+def build_demo_val_set(
+    raw_root: Path, split_csv: Path, out: Path, workers: int = 1, **options: object
+) -> Path:
+    """``split_csv`` preprocessed for the demo config as ``val_<i>.pkl`` in ``out``, no progress bar."""
+    from abtf_ssd.config import DEMO_CONFIG
+    from abtf_ssd.preprocess import build_preprocessed
+
+    return build_preprocessed(
+        raw_root, split_csv, out, "val", DEMO_CONFIG, workers=workers, progress=False, **options
+    )
+
+
+def val_sample_names(folder: Path) -> list[str]:
+    """Sorted names of the ``val_<i>.pkl`` files in ``folder``."""
+    return sorted(p.name for p in folder.glob("val_*.pkl"))
