@@ -175,6 +175,23 @@ def load_sut_info(results_dir: Path, system_name: str, sut_info: dict | str | Pa
     )
 
 
+def check_run_status(runs: ScenarioRuns) -> None:
+    """Refuse a run whose harness results.json says it did not complete: ``failed`` (queries answered
+    with no detections) or ``interrupted`` (CTRL-C). Runs without a results.json, or one without a
+    status, are not judged here."""
+    for folder in (runs.performance, runs.accuracy, runs.test01):
+        path = folder / RESULTS_JSON if folder is not None else None
+        if path is None or not path.is_file():
+            continue
+        record = _read_json(path)
+        status = record.get("status", "ok")
+        if status != "ok":
+            raise SubmissionError(
+                f"{path}: the run's status is {status!r}, not 'ok' (failed queries were answered with no "
+                "detections, or it was interrupted); rerun it before packaging a submission"
+            )
+
+
 def _run_info(runs: ScenarioRuns) -> dict[str, Any]:
     """What the harness's results.json says of a run: its ``options`` (model_path, framework,
     device, config_name, ...) and top-level entries (dataset_dir, ...); {} without one.
@@ -708,7 +725,8 @@ def generate_submission(
         ``submission_dir``.
 
     Raises:
-        SubmissionError: bad input, missing runs, inference LoadGen for closed, no TEST01 for closed.
+        SubmissionError: bad input, missing runs, a run whose results.json status is not ``ok``,
+            inference LoadGen for closed, no TEST01 for closed.
         SubmissionCheckError: the finished tree fails the checker (it is left in place to inspect).
     """
     results_dir, submission_dir, code_dir = Path(results_dir), Path(submission_dir), Path(code_dir)
@@ -722,6 +740,8 @@ def generate_submission(
     if not results_dir.is_dir():
         raise SubmissionError(f"results folder {results_dir} does not exist")
     scenarios = find_scenarios(results_dir, system_name)
+    for runs in scenarios:
+        check_run_status(runs)
     system, defaulted = system_description(
         load_sut_info(results_dir, system_name, sut_info),
         submitter,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import re
 import shutil
 import tarfile
 import time
@@ -117,6 +118,7 @@ def build_results(root: Path) -> HarnessResults:
     results = root / "results"
     scenario_dir = results / SYSTEM / rules.MODEL_NAME / SCENARIO
     run_info = {  # the harness's results.json layout
+        "status": "ok",
         "dataset_dir": str(dataset),
         "options": {
             "framework": "onnxruntime",
@@ -320,6 +322,21 @@ def test_open_division_accepts_the_pypi_loadgen_with_a_note(pristine_results, tm
     readme = (out / "README.md").read_text()
     assert "inference LoadGen" in readme and "open division" in readme
     assert checker.check_submission(tree, allow_test_mode=True) == []
+
+
+@pytest.mark.parametrize(("run", "status"), [("performance/run_1", "failed"), ("accuracy", "interrupted")])
+def test_a_run_that_did_not_complete_is_refused_naming_its_results_json(
+    pristine_results, tmp_path, run, status
+):
+    results = copy_results(pristine_results, tmp_path)
+    record = results.scenario_dir / run / "results.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "status": status}))
+    target = tmp_path / "submission"
+    with pytest.raises(submission.SubmissionError, match=f"{re.escape(str(record))}: .*{status}"):
+        submission.generate_submission(
+            results.results_dir, target, SUBMITTER, "open", SYSTEM, allow_test_mode=True
+        )
+    assert not target.exists()
 
 
 def test_closed_division_needs_test01(automotive_results, tmp_path):

@@ -9,6 +9,8 @@ without it is a :class:`BackendError`.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,28 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error: ([^.\n]*)")
+
+
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """Parameter name -> shape of a checkpoint, read with torch's weights-only unpickler.
+
+    Raises:
+        BackendError: a checkpoint holding anything but tensors and plain containers (its pickle
+            could run code: refused, never retried unrestricted), or a file torch cannot read.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message advises retrying with weights_only=False: the opposite of what to do.
+        found = _UNPICKLER_REASON.search(str(e))
+        reason = found.group(1).strip() if found else type(e).__name__
+        raise BackendError(
+            f"{path}: refused: the checkpoint holds more than tensors and plain containers ({reason}); "
+            "loading it could run code"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise BackendError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 

@@ -52,24 +52,32 @@ def dataset_copy(tiny_dataset, tmp_path: Path) -> Path:
     return shutil.copytree(tiny_dataset.preprocessed, tmp_path / "val")
 
 
-def test_missing_sample_fails_the_accuracy_run_naming_it(dataset_copy, demo_onnx_model, tmp_path):
-    (dataset_copy / "val_7.pkl").unlink()
+class VanishingSampleBackend:
+    """The real ONNX Runtime backend; its first predict (the warm-up, after the files were checked)
+    deletes ``doomed``, as a sample vanishing from a network share mid-run would."""
+
+    def __init__(self, model: Path, doomed: Path) -> None:
+        from abtf_ssd.backends import create_backend
+
+        self.inner = create_backend("onnxruntime", model, "cpu", 1, DEMO_CONFIG)
+        self.config_name = self.inner.config_name
+        self.doomed = doomed
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.doomed.unlink(missing_ok=True)
+        return self.inner.predict(batch)
+
+
+def test_sample_vanishing_mid_run_fails_the_accuracy_run_naming_it(dataset_copy, demo_onnx_model, tmp_path):
     options = run_options(dataset_copy, demo_onnx_model, tmp_path / "results")
     with pytest.raises(harness.RunFailedError) as info:
-        harness.run(options)
+        harness.run(options, backend=VanishingSampleBackend(demo_onnx_model, dataset_copy / "val_7.pkl"))
     assert "samples [7]" in str(info.value) and "val_7.pkl" in str(info.value)
     out = harness.output_dir(options)
     assert not (out / "accuracy.txt").exists()
     assert json.loads((out / "results.json").read_text())["failed_samples"] == [7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run): the sample files are first opened by LoadGen's QSL, so a missing file is "
-    "found only after LoadGen has started (and a performance run may never touch it); check that "
-    "<prefix>_0..N-1.pkl all exist (a stat each) before starting LoadGen and raise FileNotFoundError "
-    "naming the first missing one",
-)
 @pytest.mark.parametrize("mode", ["accuracy", "performance"])
 def test_missing_sample_is_refused_before_loadgen(dataset_copy, demo_onnx_model, tmp_path, mode):
     (dataset_copy / "val_7.pkl").unlink()
@@ -92,13 +100,6 @@ def test_official_layout_with_a_gap_is_refused_naming_the_missing_file(
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run): a valid run over a set holding fewer samples than its split (dataset.json "
-    "count 6 of split_rows 12; for an official download without dataset.json: fewer than the 6000 "
-    "rows of the official split) goes ahead and reports a number over the wrong samples; with "
-    "execution_mode='valid' refuse it naming the folder and both counts",
-)
 def test_valid_run_over_fewer_samples_than_the_split_is_refused(tiny_dataset, demo_onnx_model, tmp_path):
     partial_set = build_preprocessed(
         tiny_dataset.raw_root,

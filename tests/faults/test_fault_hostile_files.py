@@ -195,15 +195,7 @@ def test_hostile_checkpoint_error_names_the_file(hostile_checkpoint):
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param(
-            "run",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="C (backends/pytorch_backend._checkpoint_shapes, reached through infer_config): "
-                "torch's pickle.UnpicklingError of a hostile .pth is not a BackendError naming the "
-                "file, so `abtf-ssd run --framework pytorch` dies with a traceback",
-            ),
-        ),
+        "run",
         pytest.param(
             "export-onnx",
             marks=pytest.mark.xfail(

@@ -170,21 +170,7 @@ def symbolic_wrong_model(tmp_path: Path) -> Path:
     return hidden_mismatch_model(tmp_path / "symbolic.onnx", classes=C - 1)
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "performance",
-        pytest.param(
-            "accuracy",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="D (harness.run): an accuracy run does no warm-up inference, so a model whose "
-                "declared output shapes are symbolic reaches LoadGen and fails every query; run the "
-                "warm-up (one predict of sample 0) in every mode, before LoadGen starts",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("mode", ["performance", "accuracy"])
 def test_symbolic_shapes_are_caught_before_loadgen(symbolic_wrong_model, tiny_dataset, tmp_path, mode):
     options = harness.RunOptions(
         dataset_dir=tiny_dataset.preprocessed,
@@ -201,12 +187,6 @@ def test_symbolic_shapes_are_caught_before_loadgen(symbolic_wrong_model, tiny_da
     assert not list((tmp_path / "results").rglob("mlperf_log_*"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run): _prepare_output deletes the previous run's logs before the warm-up "
-    "inference, so a run refused at warm-up destroys the earlier results; warm up first (or write "
-    "into a temp folder and swap it in when LoadGen is done)",
-)
 def test_a_run_refused_at_warm_up_keeps_the_earlier_results(symbolic_wrong_model, tiny_dataset, tmp_path):
     options = harness.RunOptions(
         dataset_dir=tiny_dataset.preprocessed,

@@ -138,11 +138,6 @@ def test_sigkill_of_the_parent_leaves_no_orphan_workers_and_resumes(
     assert not temp_files(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (accuracy.count_samples): a folder with dataset.partial.json and no dataset.json is an "
-    "unfinished preprocessing run, but its contiguous first samples are counted as a finished set",
-)
 def test_an_interrupted_set_is_not_taken_for_a_finished_one(tiny_dataset, long_split, tmp_path):
     from abtf_ssd.accuracy import count_samples
 

@@ -196,12 +196,6 @@ def test_accuracy_reader_parses_or_raises_its_own_error(data):
     _check_reader(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (accuracy.read_accuracy_log): json.load raises RecursionError for deeply nested input and "
-    "a bare ValueError (not AccuracyLogError, no file name) for an integer over Python's 4300-digit "
-    "limit; catch (RecursionError, ValueError) around json.load as well",
-)
 @pytest.mark.parametrize(
     "data",
     [b"[" * 100_000, b'[{"qsl_idx": ' + b"1" * 5000 + b', "data": ""}]'],

@@ -73,13 +73,6 @@ def test_query_exception_fails_an_accuracy_run_with_its_logs_kept(tiny_dataset, 
     assert len(json.loads((out / "mlperf_log_accuracy.json").read_text())) == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run): a performance run in which queries raised returns normally (exit 0) and "
-    "keeps LoadGen's verdict, although the failed queries were answered instantly and so lowered "
-    "the latency; raise RunFailedError for performance runs too and set summary.result to INVALID "
-    "with the reason in results.json",
-)
 def test_query_exception_fails_a_performance_run_and_marks_it_invalid(
     tiny_dataset, demo_onnx_model, tmp_path
 ):
@@ -120,11 +113,6 @@ def test_unreadable_sample_fails_an_accuracy_run_from_the_cli(corrupt_dataset, d
     assert results_json(out)["status"] == "failed" and not (out / "accuracy.txt").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run / cli): a performance run whose queries failed (here: a sample that cannot "
-    "be read) exits 0, so MLC scripts and shell pipelines go on as if it were measured",
-)
 def test_unreadable_sample_fails_a_performance_run_from_the_cli(corrupt_dataset, demo_onnx_model, tmp_path):
     results = tmp_path / "results"
     proc = cli_run(corrupt_dataset, demo_onnx_model, results, tmp_path, "--mode", "performance")
@@ -134,17 +122,13 @@ def test_unreadable_sample_fails_a_performance_run_from_the_cli(corrupt_dataset,
     assert "val_2.pkl" in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G (submission.generate_submission): runs whose results.json says status 'failed' (queries "
-    "answered empty) are packaged like good ones; refuse them naming the results.json",
-)
 def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_model, tmp_path):
     from abtf_ssd import submission, sysinfo
 
     results = tmp_path / "results"
     performance = run_options(tiny_dataset.preprocessed, demo_onnx_model, results, "performance")
-    harness.run(performance, backend=FailingBackend(demo_onnx_model, fail_on=3))
+    with pytest.raises(harness.RunFailedError):
+        harness.run(performance, backend=FailingBackend(demo_onnx_model, fail_on=3))
     harness.run(run_options(tiny_dataset.preprocessed, demo_onnx_model, results, "accuracy"))
     sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
 
@@ -154,12 +138,6 @@ def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_mo
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D (harness.run): CTRL-C raises KeyboardInterrupt inside the SUT callback, through LoadGen, "
-    "and the process dies of SIGSEGV with an empty mlperf_log_summary.txt and no results.json; "
-    "catch SIGINT for the run, write results.json with status 'interrupted' (INVALID) and exit 130",
-)
 def test_ctrl_c_during_a_run_exits_cleanly_and_marks_it_invalid(tiny_dataset, demo_onnx_model, tmp_path):
     results = tmp_path / "results"
     out = results / SYSTEM / "ssd" / "SingleStream" / "performance" / "run_1"
