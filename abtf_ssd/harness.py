@@ -255,7 +255,8 @@ class SystemUnderTest:
     """Answers LoadGen's queries inline: predict, decode, respond. No per-query bookkeeping.
 
     Once ``interrupt`` is set every query is answered at once with no detections (and not counted
-    as failed), so that LoadGen runs out of queries and finishes its logs.
+    as failed), so that LoadGen runs out of queries and finishes its logs; ``on_interrupted_query``
+    is called before each such answer (the run's :meth:`InterruptGuard.poll`).
     """
 
     def __init__(
@@ -271,6 +272,7 @@ class SystemUnderTest:
         self.config = get_config(config_name)
         self.batch_size = max(1, batch_size)
         self.interrupt = interrupt if interrupt is not None else threading.Event()
+        self.on_interrupted_query: Callable[[], None] | None = None
         self.failures: list[QueryFailure] = []
 
     def infer(self, indices: list[int]) -> list[np.ndarray]:
@@ -288,6 +290,8 @@ class SystemUnderTest:
             chunk = query_samples[start : start + step]
             indices = [q.index for q in chunk]
             if self.interrupt.is_set():
+                if self.on_interrupted_query is not None:
+                    self.on_interrupted_query()
                 detections = [_NO_DETECTIONS] * len(chunk)
             else:
                 try:
@@ -317,9 +321,12 @@ class InterruptGuard:
 
     LoadGen calls the QSL and SUT from the thread that started it, the main thread, which is where
     Python runs signal handlers: a KeyboardInterrupt raised there would unwind LoadGen's C++ frames
-    (SIGSEGV). The first SIGINT sets ``event`` and starts a timer of ``grace_s``; the second, or the
-    timer, calls ``abandon`` (write what can be written) and ends the process with exit status 130.
-    Outside the main thread (no handler can be installed there) the guard does nothing.
+    (SIGSEGV). The first SIGINT sets ``event`` and starts a ``grace_s`` deadline; the second SIGINT,
+    or the deadline, calls ``abandon`` (write what can be written) and ends the process with exit
+    status 130. The deadline is checked by :meth:`poll` on every query answered while interrupted
+    (the main thread then holds the GIL most of the time, and a timer thread would hardly get it) and
+    by a timer thread for when no queries come. Outside the main thread (no handler can be installed
+    there) the guard does nothing.
     """
 
     def __init__(self, event: threading.Event, abandon: Callable[[], None], grace_s: float) -> None:
@@ -328,6 +335,7 @@ class InterruptGuard:
         self.grace_s = grace_s
         self._lock = threading.RLock()  # the handler may run in the thread inside __exit__
         self._done = False
+        self._deadline: float | None = None
         self._timer: threading.Timer | None = None
         self._previous: Callable | int | None = None
         self._installed = False
@@ -345,12 +353,14 @@ class InterruptGuard:
             if self._timer is not None:
                 self._timer.cancel()
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            # None: a handler not installed from Python; the default is the closest to it.
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set():
             self._give_up()
             return
+        self._deadline = time.monotonic() + self.grace_s
         self.event.set()
         print(
             f"interrupted: answering the remaining queries empty so that LoadGen can write its logs "
@@ -361,6 +371,11 @@ class InterruptGuard:
         self._timer = threading.Timer(self.grace_s, self._give_up)
         self._timer.daemon = True
         self._timer.start()
+
+    def poll(self) -> None:
+        """Give up if the grace period after CTRL-C is over."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self._give_up()
 
     def _give_up(self) -> None:
         with self._lock:
@@ -627,7 +642,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         _write_results_json(result, dataset_dir, settings, backend_name)
         print(f"{result.failure_message()}; LoadGen's logs are incomplete", file=sys.stderr)
 
-    with InterruptGuard(interrupt, abandon, INTERRUPT_GRACE_S):
+    guard = InterruptGuard(interrupt, abandon, INTERRUPT_GRACE_S)
+    sut.on_interrupted_query = guard.poll
+    with guard:
         _start_loadgen(sut, library, settings, out_dir, total, performance_count)
 
     result = _collect(options, out_dir, sut, library, total, expected_latency, interrupt.is_set())
@@ -741,7 +758,7 @@ def _mark_invalid(result: RunResult) -> None:
     else:
         return
     result.summary.result = "INVALID"
-    result.summary.invalid_reasons.append(reason)
+    result.summary.invalid_reasons.insert(0, reason)  # the reason that matters most
 
 
 def _measured_latency(summary: report.RunSummary) -> int:

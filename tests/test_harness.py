@@ -252,3 +252,35 @@ def test_an_audit_config_in_the_output_folder_is_refused(tmp_path, tiny_dataset,
     with pytest.raises(FileExistsError, match="compliance run"):
         _run(tmp_path, tiny_dataset, backend, output_dir=out)
     assert (out / "audit.config").read_text() == "*.*.mode = 1\n"
+
+
+def test_a_memory_mapped_store_gives_the_pickles_detections_and_map(tmp_path, tiny_dataset, backend) -> None:
+    from abtf_ssd.accuracy import accuracy_main
+    from abtf_ssd.store import convert_pickles_to_store
+
+    store = convert_pickles_to_store(tiny_dataset.preprocessed, tmp_path / "store", progress=False)
+    from_pickles = _run(tmp_path / "pickles", tiny_dataset, backend, mode="accuracy", test_query_count=6)
+    from_store = _run(
+        tmp_path / "store-run", tiny_dataset, backend, mode="accuracy", test_query_count=6, dataset_dir=store
+    )
+    one = read_accuracy_log(from_pickles.output_dir / "mlperf_log_accuracy.json")
+    other = read_accuracy_log(from_store.output_dir / "mlperf_log_accuracy.json")
+    assert sorted(one) == sorted(other) == list(range(6))
+    for index in one:
+        np.testing.assert_array_equal(one[index], other[index])
+    assert from_store.map_result == from_pickles.map_result
+    log = from_store.output_dir / "mlperf_log_accuracy.json"
+    rescored = accuracy_main(log_path=log, dataset_path=store, out=tmp_path / "accuracy.txt")
+    assert rescored == from_pickles.map_result
+
+
+def test_a_valid_run_over_part_of_the_official_split_is_refused(tmp_path, tiny_dataset, backend) -> None:
+    import shutil
+
+    from abtf_ssd.preprocess import MANIFEST_NAME
+
+    download = shutil.copytree(tiny_dataset.preprocessed, tmp_path / "val")
+    (download / MANIFEST_NAME).unlink()  # as the official download: the files alone
+    with pytest.raises(ValueError, match=r"holds 12 samples, but the official validation split .* 6000 rows"):
+        _run(tmp_path, tiny_dataset, backend, mode="accuracy", execution_mode="valid", dataset_dir=download)
+    assert not (tmp_path / "results").exists()
