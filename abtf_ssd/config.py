@@ -86,7 +86,8 @@ _BENCHMARK = SSDConfig(
         (2, 0.5),
     ),
     out_channels=(1024, 512, 512, 256, 256, 256, 256),
-    mid_channels=(256, 256, 128, 128, 128, 128),
+    # ssd_state_dict_shapes.json: each extra block's 1x1 conv keeps its input width.
+    mid_channels=(1024, 512, 512, 256, 256, 256),
     head_kernel=5,
 )
 
@@ -99,7 +100,7 @@ def _demo_scales() -> tuple[float, ...]:
 
 CONFIGS: dict[str, SSDConfig] = {
     BENCHMARK_CONFIG: _BENCHMARK,
-    # The benchmark's network cut to its first six feature maps, on a 144x256 input.
+    # The benchmark's first six feature maps on a 144x256 input, with narrower extra blocks.
     DEMO_CONFIG: SSDConfig(
         name=DEMO_CONFIG,
         image_size=(144, 256),
@@ -109,7 +110,7 @@ CONFIGS: dict[str, SSDConfig] = {
         scales=_demo_scales(),
         aspect_ratios=_BENCHMARK.aspect_ratios[:6],
         out_channels=_BENCHMARK.out_channels[:6],
-        mid_channels=_BENCHMARK.mid_channels[:5],
+        mid_channels=(256, 256, 128, 128, 128),
         head_kernel=3,
     ),
 }
