@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abtf_ssd.cognata import CLASS_NAMES
+from abtf_ssd.cognata import CLASS_NAMES, SPLIT_PREFIXES
 from abtf_ssd.fileio import atomic_write_text
 from abtf_ssd.preprocess import PARTIAL_MANIFEST_NAME, read_manifest
 from abtf_ssd.store import open_dataset
@@ -160,7 +160,7 @@ def read_accuracy_log(path: str | Path, sample_count: int | None = None) -> dict
 # The dataset
 
 
-def count_samples(dataset_dir: str | Path, prefix: str = "val") -> int:
+def count_samples(dataset_dir: str | Path, prefix: str = SPLIT_PREFIXES["validation"]) -> int:
     """Samples of a preprocessed split: a pickle folder or a memory-mapped store (:mod:`abtf_ssd.store`).
 
     A pickle folder's count is its manifest's when it has one
@@ -183,7 +183,7 @@ def count_samples(dataset_dir: str | Path, prefix: str = "val") -> int:
 
 
 def load_ground_truth(
-    dataset_dir: str | Path, indices: Iterable[int], prefix: str = "val"
+    dataset_dir: str | Path, indices: Iterable[int], prefix: str = SPLIT_PREFIXES["validation"]
 ) -> dict[int, np.ndarray]:
     """``gt_boxes`` (N, 7) float32 of each sample, rows ``[x1, y1, x2, y2, label, 0, 0]``, from a
     pickle folder or a memory-mapped store."""
@@ -303,7 +303,7 @@ def compute_map(
     detections: Mapping[int, np.ndarray],
     dataset_dir: str | Path,
     ground_truth: Mapping[int, np.ndarray] | None = None,
-    prefix: str = "val",
+    prefix: str = SPLIT_PREFIXES["validation"],
 ) -> MapResult:
     """COCO mAP of ``detections`` ({sample index: (K, 6)}) against the samples' ``gt_boxes``.
 
@@ -391,7 +391,7 @@ def accuracy_main(
     log_path: str | Path | None = None,
     dataset_path: str | Path | None = None,
     out: str | Path | None = None,
-    prefix: str = "val",
+    prefix: str = SPLIT_PREFIXES["validation"],
 ) -> MapResult:
     """Compute the mAP of an accuracy run and write ``accuracy.txt``.
 

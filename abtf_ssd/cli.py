@@ -26,9 +26,6 @@ from abtf_ssd.backends import FRAMEWORKS
 from abtf_ssd.cognata import SPLIT_PREFIXES, SPLITS, official_split
 from abtf_ssd.download import MODEL_FORMATS
 
-DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
-"""The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
-
 
 def export_model(
     config: str,

@@ -147,7 +147,7 @@ class RunOptions:
     """An explicit audit.config makes this a compliance run; None keeps every audit.config away."""
     expected_latency_ns: int | None = None
     """None: the value a find-performance run stored for this scenario, if any."""
-    dataset_prefix: str = "val"
+    dataset_prefix: str = SPLIT_PREFIXES["validation"]
     output_dir: str | Path | None = None
     """Overrides the results layout (the folder LoadGen writes into)."""
     command: str | None = None

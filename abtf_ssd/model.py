@@ -18,13 +18,17 @@ so anchor ``a`` of map k is default box ``a // (fh * fw)`` at row ``(a // fw) % 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from abtf_ssd.config import SSDConfig, get_config
+from abtf_ssd.fileio import atomic_output
+
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
+"""The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
 
 ONNX_INPUT_NAME = "image"
 ONNX_OUTPUT_NAMES = ("bboxes", "scores")
@@ -192,16 +196,38 @@ def build_ssd(config_name: str) -> SSDResNet50:
     return SSDResNet50(config)
 
 
+# torch's message wraps the reason in advice to retry with weights_only=False: exactly what a
+# file that tries to run code must not get, so only the reason is kept.
+_UNPICKLING_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only error that says what the file asked for."""
+    for line in str(error).splitlines():
+        line = line.removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(_UNPICKLING_BOILERPLATE) and "weights_only" not in line:
+            return f"it is not a plain tensor checkpoint ({line.rstrip('.')})"
+    return "it is not a plain tensor checkpoint (it asks for objects the weights-only loader does not allow)"
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load weights saved as ``{"model_state_dict": sd, ...}`` or as a bare state dict (strict).
 
     Half-precision tensors (the committed demo weights) are converted to the model's dtype.
 
     Raises:
-        ValueError: the file holds no state dict, or its keys / shapes do not fit the model.
+        ValueError: the file is refused by torch's weights-only loader (it would build objects or
+            run code), is no PyTorch checkpoint, holds no state dict, or its keys / shapes do not
+            fit the model.
     """
     path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused: {_unpickling_reason(error)}") from None
+    except (RuntimeError, EOFError) as error:
+        reason = str(error) or "the file ends early"
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {reason}") from None
     state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state dict nor a dict with 'model_state_dict'")
@@ -228,6 +254,7 @@ def export_onnx(model: SSDResNet50, path: str | os.PathLike[str], batch_size: in
         model,
         (example,),
         dynamo=True,
+        verbose=False,
         input_names=[ONNX_INPUT_NAME],
         output_names=list(ONNX_OUTPUT_NAMES),
         dynamic_shapes={"images": {0: batch}},
@@ -236,13 +263,6 @@ def export_onnx(model: SSDResNet50, path: str | os.PathLike[str], batch_size: in
         optimize=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        program.save(tmp, external_data=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as temp:
+        program.save(temp, external_data=False)
     return path

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from abtf_ssd.accuracy import find_accuracy_log, read_accuracy_log
-from abtf_ssd.cognata import CLASS_NAMES
+from abtf_ssd.cognata import CLASS_NAMES, SPLIT_PREFIXES
 from abtf_ssd.config import CONFIGS, MEAN, STD, SSDConfig, get_config
 from abtf_ssd.fileio import atomic_output
 from abtf_ssd.preprocess import load_sample, sample_name
@@ -72,7 +72,7 @@ def render(
     config_name: str | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     max_predictions: int = DEFAULT_MAX_PREDICTIONS,
-    prefix: str = "val",
+    prefix: str = SPLIT_PREFIXES["validation"],
 ) -> Path:
     """Write a PNG of sample ``sample_index`` with its ground truth and the run's predictions.
 

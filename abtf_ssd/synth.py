@@ -24,7 +24,6 @@ import io
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from abtf_ssd.cognata import (
     MAX_DISTANCE,
     MIN_SIDE,
 )
+from abtf_ssd.fileio import atomic_write_bytes
 
 RECORDINGS: tuple[str, ...] = (
     "10001_Urban_Clear_Noon",
@@ -504,16 +504,9 @@ def annotation_rows(objects: Sequence[SceneObject], rng_seed: Sequence[int]) -> 
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, creating its folders first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def frame_paths(seed: int, index: int) -> tuple[str, str]:

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch.nn.functional as F
 
 from abtf_ssd.accuracy import MapResult, compute_map
 from abtf_ssd.boxes import SCALE_WH, SCALE_XY, decode_batch, default_boxes
+from abtf_ssd.cognata import SPLIT_PREFIXES
 from abtf_ssd.config import SSDConfig, get_config
+from abtf_ssd.fileio import atomic_output
 from abtf_ssd.model import SSDResNet50, build_ssd, init_weights, load_checkpoint
 from abtf_ssd.preprocess import load_sample
 
@@ -181,15 +182,8 @@ def save_checkpoint(
         for name, tensor in model.state_dict().items()
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"model_state_dict": state, "config": model.config.name, **extra}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(out_path) as temp:
+        torch.save({"model_state_dict": state, "config": model.config.name, **extra}, temp)
     return out_path
 
 
@@ -286,7 +280,7 @@ def evaluate(
     checkpoint: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     config_name: str = "demo",
-    prefix: str = "val",
+    prefix: str = SPLIT_PREFIXES["validation"],
     count: int | None = None,
     batch_size: int = 8,
     threads: int = 2,

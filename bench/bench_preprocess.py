@@ -5,7 +5,7 @@ benchmark config twice (``workers=1``, then every core), checks that both sets a
 and prints both rates, their ratio and the projected time for the 6000-frame validation set.
 Each 8 MP sample is ~100 MB on disk, so a run needs about 2 x frames x 100 MB free in ``--out``.
 
-    .venv/bin/python bench/bench_preprocess.py [--frames 8] [--workers N] [--out DIR] [--keep]
+    .venv/bin/python bench/bench_preprocess.py [--frames 8] [--workers N] [--out DIR] [--keep] [--json PATH]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import filecmp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
 from abtf_ssd.preprocess import build_preprocessed
 from abtf_ssd.synth import generate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)
 
 VALIDATION_FRAMES = 6000
 
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=cores)
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the frames and pickles")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (bench/README.md)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_", dir=args.out))
@@ -62,11 +67,42 @@ def main() -> None:
         print(f"{'6000 frames (minutes)':24}{VALIDATION_FRAMES / rate_serial / 60:12.1f}", end="")
         print(f"{VALIDATION_FRAMES / rate_parallel / 60:14.1f}")
         print(f"ratio (parallel / serial): {rate_parallel / rate_serial:.2f}x")
+        if args.json is not None:
+            write_json(args.json, args.frames, args.workers, serial, parallel, (width, height))
     finally:
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def write_json(
+    path: Path, frames: int, workers: int, serial_s: float, parallel_s: float, size: tuple[int, int]
+) -> None:
+    """The ``--json`` rows: rates, and the 6000-frame validation set's time projected from them."""
+    rate_serial, rate_parallel = frames / serial_s, frames / parallel_s
+    rows = [
+        make_row(
+            f"preprocess 8 MP frames, {workers} workers vs 1",
+            rate_parallel,
+            rate_serial,
+            "frames/s",
+            "higher",
+        ),
+        make_row(
+            f"{VALIDATION_FRAMES} validation frames (projected from {frames})",
+            VALIDATION_FRAMES / rate_parallel / 60,
+            VALIDATION_FRAMES / rate_serial / 60,
+            "min",
+        ),
+    ]
+    notes = [
+        f"{frames} synthetic {size[0]}x{size[1]} frames, config {BENCHMARK_CONFIG}; outputs byte-identical",
+        f"{workers} workers = the CPUs available to the process; on a shared machine they compete with "
+        "other jobs",
+    ]
+    params = {"frames": frames, "workers": workers, "serial_s": serial_s, "parallel_s": parallel_s}
+    write_results(path, rows, title=__doc__.splitlines()[0], notes=notes, params=params)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from abtf_ssd import synth
 from abtf_ssd.boxes import SCALE_WH, SCALE_XY, default_boxes
 from abtf_ssd.config import DEMO_CONFIG, get_config
-from abtf_ssd.model import build_ssd, load_checkpoint
+from abtf_ssd.model import DEMO_WEIGHTS, build_ssd, load_checkpoint
 from abtf_ssd.preprocess import build_preprocessed, sample_name, write_sample
 from abtf_ssd.train import (
     MATCH_IOU,
@@ -144,9 +144,6 @@ def test_evaluate_scores_a_checkpoint(tiny_set: Path, tmp_path: Path) -> None:
 def test_a_budget_is_required(tiny_set: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="budget"):
         train(tiny_set, tmp_path / "x.pth", minutes=0)
-
-
-DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "abtf_ssd" / "assets" / "demo_ssd.pth"
 
 
 def test_committed_demo_weights_fit_the_demo_config_and_stay_small() -> None:

@@ -28,8 +28,9 @@ def _get_model(env):
     elif source == "local":
         path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
     else:
-        from abtf_ssd.cli import DEMO_WEIGHTS, export_model
+        from abtf_ssd.cli import export_model
         from abtf_ssd.mlc_scripts import env_int
+        from abtf_ssd.model import DEMO_WEIGHTS
 
         # The demo model is the committed checkpoint; until it exists, seeded random demo weights.
         checkpoint = DEMO_WEIGHTS if source == "synthetic" and DEMO_WEIGHTS.is_file() else None

@@ -171,12 +171,6 @@ def test_hostile_checkpoint_is_refused_by_the_pytorch_backend(hostile_checkpoint
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B (model.load_checkpoint): torch's pickle.UnpicklingError escapes unwrapped - no file name, "
-    "a traceback from the CLI, and torch's advice to retry with weights_only=False; wrap it in "
-    "ValueError(f'{path}: refused: ...')",
-)
 def test_hostile_checkpoint_error_names_the_file(hostile_checkpoint):
     import torch
 
@@ -192,20 +186,7 @@ def test_hostile_checkpoint_error_names_the_file(hostile_checkpoint):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "run",
-        pytest.param(
-            "export-onnx",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="B (model.load_checkpoint): torch's pickle.UnpicklingError is not a ValueError "
-                "naming the file, so `abtf-ssd export-onnx --checkpoint` dies with a traceback",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("command", ["run", "export-onnx"])
 def test_hostile_checkpoint_through_the_cli_is_one_clear_line(
     exec_hostile_checkpoint, tiny_dataset, tmp_path, command
 ):
