@@ -93,3 +93,27 @@ def atomic_write_json(
     """
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=default) + "\n"
     return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` so that two runs never write one folder.
+
+    Raises ``busy()`` at once when another process holds it. The lock file is removed on exit.
+    Where ``fcntl`` does not exist (Windows) there is no lock: one run per folder is the user's job.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -31,7 +31,6 @@ import os
 import pickle
 import pickletools
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from abtf_ssd.cognata import GT_COLUMNS, CognataFormatError, read_annotation, read_split
 from abtf_ssd.config import MEAN, STD, SSDConfig, get_config
-from abtf_ssd.fileio import atomic_output, atomic_write_json
+from abtf_ssd.fileio import atomic_output, atomic_write_json, exclusive_lock
 
 PICKLE_PROTOCOL = 4
 """Protocol 4 is what ``pickle.dump`` writes by default on Python 3.8-3.13 (the reference's); pinned so
@@ -536,22 +535,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _exclusive_lock(out_dir: Path) -> Iterator[None]:
+def _exclusive_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on ``out_dir`` so that two runs never write the same set."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one run per folder is then the user's job.
-        yield
-        return
-    path = out_dir / _LOCK_NAME
-    with path.open("a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PreprocessError(f"{out_dir}: another preprocessing run holds {path}") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    lock = out_dir / _LOCK_NAME
+    return exclusive_lock(lock, lambda: PreprocessError(f"{out_dir}: another preprocessing run holds {lock}"))

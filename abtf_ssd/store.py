@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from abtf_ssd import preprocess
 from abtf_ssd.cognata import GT_COLUMNS
-from abtf_ssd.fileio import atomic_output, atomic_write_json, fsync_path
+from abtf_ssd.fileio import atomic_output, atomic_write_json, exclusive_lock, fsync_path
 
 STORE_MANIFEST = "store.json"
 IMAGES_FILE = "images.f32"
@@ -739,22 +739,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-@contextlib.contextmanager
-def _exclusive_lock(store_dir: Path) -> Iterator[None]:
+def _exclusive_lock(store_dir: Path) -> contextlib.AbstractContextManager[None]:
     """One conversion per store folder at a time."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks
-        yield
-        return
-    path = store_dir / _LOCK_FILE
-    with path.open("a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{store_dir}: another conversion holds {path}") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    lock = store_dir / _LOCK_FILE
+    return exclusive_lock(lock, lambda: StoreError(f"{store_dir}: another conversion holds {lock}"))
