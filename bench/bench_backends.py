@@ -3,12 +3,12 @@
 Three comparisons, each on one batch-1 frame of random input (seeded), outputs checked to agree:
 
 1. demo model (committed weights ``abtf_ssd/assets/demo_ssd.pth``, exported to ONNX here):
-   ``create_backend("onnxruntime")`` vs ``create_backend("pytorch")``, ``--runs`` calls a side
-   after one warm-up, the sides alternating so that a drift in machine load hits both;
+   ``create_backend("onnxruntime")`` vs ``create_backend("pytorch")``, ``--runs`` calls a side in
+   two alternating blocks, each after an untimed call, so that a drift in machine load hits both;
 2. the same ONNX file: our session (``create_backend``: explicit threads, sequential execution,
    full graph optimisation) vs ``onnxruntime.InferenceSession(path)`` with default options;
 3. the 8 MP benchmark-config model with seeded random weights (``init_weights``): ONNX Runtime vs
-   PyTorch, ``--large-runs`` calls a side (default 1, no warm-up: each 8 MP forward takes 30-60 s
+   PyTorch, ``--large-runs`` calls a side (default 1, no warm-up: each 8 MP forward takes 50-90 s
    on 2 cores, so the first call, allocations included, is what is timed; 0 skips this part).
 
 "ours" is ONNX Runtime (1, 3) and the tuned session (2). Both sides use the same thread count
@@ -58,17 +58,26 @@ def random_frame(config_name: str, seed: int) -> np.ndarray:
 
 
 def alternate_ms(sides: dict[str, Predict], frame: np.ndarray, runs: int, warmup: bool) -> dict[str, float]:
-    """Mean milliseconds a call for each side, calling the sides in turn ``runs`` times; checks that
-    every side's outputs agree with the first side's within :data:`TOLERANCE`."""
-    outputs = {}
-    if warmup:
-        outputs = {name: predict(frame) for name, predict in sides.items()}
+    """Mean milliseconds a call for each side; checks that every side's outputs agree with the first
+    side's within :data:`TOLERANCE`.
+
+    With ``warmup`` the sides take turns in blocks (two blocks a side when ``runs`` >= 2), each block
+    starting with an untimed call: thread pools of the side before keep spinning for a while after
+    their last call, and a per-call alternation would charge that to the next side. Without it, each
+    side runs ``runs`` timed calls in turn (for the slow 8 MP forwards, where the tail is negligible).
+    """
+    blocks = 2 if warmup and runs >= 2 else 1
+    per_block = [runs // blocks + (1 if b < runs % blocks else 0) for b in range(blocks)]
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     seconds = dict.fromkeys(sides, 0.0)
-    for _ in range(runs):
+    for calls in per_block:
         for name, predict in sides.items():
-            start = time.perf_counter()
-            outputs[name] = predict(frame)
-            seconds[name] += time.perf_counter() - start
+            if warmup:
+                predict(frame)
+            for _ in range(calls):
+                start = time.perf_counter()
+                outputs[name] = predict(frame)
+                seconds[name] += time.perf_counter() - start
     first, *others = sides
     for name in others:
         for expected, actual in zip(outputs[first], outputs[name], strict=True):
@@ -114,7 +123,7 @@ def demo_rows(work: Path, runs: int, threads: int) -> tuple[list[dict], dict[str
             "ms",
         ),
     ]
-    print(f"demo model {size}, {runs} calls a side after a warm-up, {threads} threads, outputs agree")
+    print(f"demo model {size}, {runs} calls a side (blocks),, {threads} threads, outputs agree")
     for name, value in ms.items():
         print(f"  {name:18}{value:10.2f} ms")
     print(f"  ONNX Runtime vs PyTorch: {ms['pytorch'] / ms['onnxruntime']:.2f}x")
@@ -159,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=20, help="demo-model calls a side (after a warm-up)")
     parser.add_argument(
-        "--large-runs", type=int, default=1, help="8 MP calls a side (30-60 s each on 2 cores); 0 skips them"
+        "--runs",
+        type=int,
+        default=20,
+        help="demo-model calls a side (in 2 blocks, each after an untimed call)",
+    )
+    parser.add_argument(
+        "--large-runs", type=int, default=1, help="8 MP calls a side (50-90 s each on 2 cores); 0 skips them"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads a side (default: every core)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (bench/README.md)")

@@ -6,7 +6,7 @@ Each benchmark runs in its own process with ``--json <path>`` when its source me
 output goes into the report verbatim. A failing or timed-out script is reported, not fatal.
 
     .venv/bin/python bench/run_all.py [--only load decode] [--skip preprocess] [--timeout 1800]
-        [--args "preprocess=--frames 2"] [--out bench]
+        [--args "preprocess=--frames 2"] [--out bench] [--cuda-note TEXT]
 
 Benchmarks may import :func:`make_row` and :func:`write_results` from here (``bench/`` is on their
 ``sys.path`` when run as scripts) so that every table computes ratios the same way.
@@ -319,6 +319,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             + ". GPU numbers need `make bench` on a machine with an NVIDIA GPU and a CUDA build of the "
             "framework."
         )
+    if cuda.get("note"):
+        lines += ["", _cell(cuda["note"])]
     lines += [
         "",
         "## Summary",
@@ -385,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         help='extra arguments for one script, e.g. "preprocess=--frames 2" (repeatable)',
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="folder for REPORT.md and REPORT.json")
+    parser.add_argument(
+        "--cuda-note", default="", help="a line for the report's CUDA section (e.g. why no GPU was used)"
+    )
     args = parser.parse_args(argv)
 
     extra: dict[str, list[str]] = {}
@@ -401,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     info, cuda = machine(), cuda_status()
+    if args.cuda_note:
+        cuda["note"] = args.cuda_note
     with tempfile.TemporaryDirectory(prefix="bench_run_all_") as work:
         results = [
             run_script(script, extra.get(script.stem.removeprefix("bench_"), []), args.timeout, Path(work))
