@@ -123,7 +123,7 @@ def demo_rows(work: Path, runs: int, threads: int) -> tuple[list[dict], dict[str
             "ms",
         ),
     ]
-    print(f"demo model {size}, {runs} calls a side (blocks),, {threads} threads, outputs agree")
+    print(f"demo model {size}, {runs} calls a side (blocks), {threads} threads, outputs agree")
     for name, value in ms.items():
         print(f"  {name:18}{value:10.2f} ms")
     print(f"  ONNX Runtime vs PyTorch: {ms['pytorch'] / ms['onnxruntime']:.2f}x")
