@@ -118,17 +118,22 @@ def test_wrong_model_is_refused_by_the_backend(wrong_model, config_name):
         assert shown in message and repr(DEMO_CONFIG) in message
 
 
-def test_wrong_model_is_refused_before_loadgen_and_old_results_survive(wrong_model, tiny_dataset, tmp_path):
-    path, shown = wrong_model
-    options = harness.RunOptions(
+def _run_options(model_path, tiny_dataset, tmp_path) -> harness.RunOptions:
+    """A short demo-config test run of ``model_path`` on the tiny set, results under tmp_path."""
+    return harness.RunOptions(
         dataset_dir=tiny_dataset.preprocessed,
-        model_path=path,
+        model_path=model_path,
         config_name=DEMO_CONFIG,
         test_query_count=3,
         threads=1,
         results_dir=tmp_path / "results",
         command="pytest",
     )
+
+
+def test_wrong_model_is_refused_before_loadgen_and_old_results_survive(wrong_model, tiny_dataset, tmp_path):
+    path, shown = wrong_model
+    options = _run_options(path, tiny_dataset, tmp_path)
     out = harness.output_dir(options)
     out.mkdir(parents=True)
     earlier = {name: f"an earlier run's {name}" for name in LOADGEN_LOGS}
@@ -188,15 +193,7 @@ def test_symbolic_shapes_are_caught_before_loadgen(symbolic_wrong_model, tiny_da
 
 
 def test_a_run_refused_at_warm_up_keeps_the_earlier_results(symbolic_wrong_model, tiny_dataset, tmp_path):
-    options = harness.RunOptions(
-        dataset_dir=tiny_dataset.preprocessed,
-        model_path=symbolic_wrong_model,
-        config_name=DEMO_CONFIG,
-        test_query_count=3,
-        threads=1,
-        results_dir=tmp_path / "results",
-        command="pytest",
-    )
+    options = _run_options(symbolic_wrong_model, tiny_dataset, tmp_path)
     out = harness.output_dir(options)
     out.mkdir(parents=True)
     (out / "mlperf_log_summary.txt").write_text("an earlier run's summary")
