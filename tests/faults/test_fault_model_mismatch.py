@@ -118,7 +118,7 @@ def test_wrong_model_is_refused_by_the_backend(wrong_model, config_name):
         assert shown in message and repr(DEMO_CONFIG) in message
 
 
-def _run_options(model_path, tiny_dataset, tmp_path) -> harness.RunOptions:
+def _run_options(model_path, tiny_dataset, tmp_path, **changes) -> harness.RunOptions:
     """A short demo-config test run of ``model_path`` on the tiny set, results under tmp_path."""
     return harness.RunOptions(
         dataset_dir=tiny_dataset.preprocessed,
@@ -128,6 +128,7 @@ def _run_options(model_path, tiny_dataset, tmp_path) -> harness.RunOptions:
         threads=1,
         results_dir=tmp_path / "results",
         command="pytest",
+        **changes,
     )
 
 
@@ -177,16 +178,7 @@ def symbolic_wrong_model(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("mode", ["performance", "accuracy"])
 def test_symbolic_shapes_are_caught_before_loadgen(symbolic_wrong_model, tiny_dataset, tmp_path, mode):
-    options = harness.RunOptions(
-        dataset_dir=tiny_dataset.preprocessed,
-        model_path=symbolic_wrong_model,
-        config_name=DEMO_CONFIG,
-        mode=mode,
-        test_query_count=3,
-        threads=1,
-        results_dir=tmp_path / "results",
-        command="pytest",
-    )
+    options = _run_options(symbolic_wrong_model, tiny_dataset, tmp_path, mode=mode)
     with pytest.raises(BackendError, match=r"symbolic\.onnx: outputs have shapes"):
         harness.run(options)
     assert not list((tmp_path / "results").rglob("mlperf_log_*"))
