@@ -90,6 +90,16 @@ class TraceLatencies:
     """QSL index of each sample, aligned with :attr:`sample_ns`."""
 
 
+def loadgen_percentile(latencies: np.ndarray, fraction: float) -> float:
+    """The ``fraction`` (e.g. 0.999) percentile as LoadGen reports it: ``sorted[floor(n * fraction)]``.
+
+    No interpolation, so for fewer than 1000 queries the 99.9th percentile is the slowest one.
+    ``latencies`` (N,), N >= 1.
+    """
+    ordered = np.sort(np.asarray(latencies).ravel())
+    return float(ordered[min(ordered.size - 1, int(ordered.size * fraction))])
+
+
 def read_trace_latencies(path: str | Path) -> TraceLatencies | None:
     """Per-sample and per-query latencies of a run; None when the run wrote no trace."""
     path = Path(path)
@@ -209,7 +219,7 @@ def summarize_run(
             summary.queries = len(trace.query_ns)
             summary.mean_ms = float(trace.query_ns.mean()) / 1e6
             summary.p50_ms, summary.p90_ms, summary.p99_ms, summary.p999_ms = (
-                float(np.percentile(trace.query_ns, float(p))) / 1e6 for p in _PERCENTILES
+                loadgen_percentile(trace.query_ns, float(p) / 100) / 1e6 for p in _PERCENTILES
             )
     return summary
 
@@ -335,7 +345,7 @@ def write_latency_histogram(
     draw.text((10, top - 16), "queries", fill=black, font=font)
 
     mean = float(latencies_ms.mean())
-    p999 = float(np.percentile(latencies_ms, 99.9))
+    p999 = loadgen_percentile(latencies_ms, 0.999)
     draw.text((left, 10), title, fill=black, font=font)
     legend = [
         (f"n = {latencies_ms.size}, min {low:.3f} ms, max {high:.3f} ms", black),

@@ -88,9 +88,13 @@ def write_results(
     title: str = "",
     notes: list[str] | None = None,
     params: dict[str, Any] | None = None,
+    skipped: str | None = None,
 ) -> Path:
-    """Write a benchmark's ``--json`` output atomically."""
-    data = {"title": title, "rows": rows, "notes": notes or [], "params": params or {}}
+    """Write a benchmark's ``--json`` output atomically. ``skipped``: why nothing could be measured
+    here (e.g. no CUDA device); the report then shows the benchmark as skipped with that reason."""
+    data: dict[str, Any] = {"title": title, "rows": rows, "notes": notes or [], "params": params or {}}
+    if skipped:
+        data["skipped"] = skipped
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_json(path, data, default=_json_default)
 
@@ -115,8 +119,8 @@ def _json_default(value: Any) -> Any:
 class BenchResult:
     script: str
     status: str
-    """``ok`` (contract JSON read), ``stdout`` (no contract: output kept verbatim), ``failed``,
-    ``timeout``."""
+    """``ok`` (contract JSON read), ``skipped`` (contract JSON with a ``skipped`` reason: nothing
+    could be measured here), ``stdout`` (no contract: output kept verbatim), ``failed``, ``timeout``."""
     seconds: float
     command: list[str]
     returncode: int | None = None
@@ -127,6 +131,8 @@ class BenchResult:
     output: str = ""
     """stdout of a script without the contract; the tail of stdout + stderr of a failed one."""
     error: str = ""
+    skipped: str = ""
+    """Why a ``skipped`` benchmark measured nothing (its ``--json`` output's ``skipped``)."""
 
 
 def discover(only: list[str], skip: list[str]) -> list[Path]:
@@ -192,6 +198,8 @@ def run_script(script: Path, extra_args: list[str], timeout_s: float, work: Path
     result.title = str(data.get("title") or "")
     result.notes = [str(note) for note in data.get("notes") or []]
     result.params = data.get("params") or {}
+    if data.get("skipped"):
+        result.status, result.skipped = "skipped", str(data["skipped"])
     return result
 
 
@@ -332,8 +340,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         targeted = [row for row in bench["rows"] if row.get("met") is not None]
         met = sum(1 for row in targeted if row["met"])
         met_text = f"{met} / {len(targeted)}" if targeted else "-"
+        status = bench["status"]
+        if status == "skipped":
+            status = f"skipped: {_cell(bench.get('skipped', ''))}"
         lines.append(
-            f"| {bench['script']} | {bench['status']} | {len(bench['rows']) or '-'} | {met_text} | "
+            f"| {bench['script']} | {status} | {len(bench['rows']) or '-'} | {met_text} | "
             f"{bench['seconds']:.0f} |"
         )
     for bench in report["benchmarks"]:
@@ -350,6 +361,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 bench["output"].rstrip(),
                 "```",
             ]
+            continue
+        if bench["status"] == "skipped":
+            lines.append(f"**skipped**: {_cell(bench.get('skipped', ''))}")
+            if bench["notes"]:
+                lines += [""] + [f"- {_cell(note)}" for note in bench["notes"]]
             continue
         if bench["status"] == "stdout":
             lines += [

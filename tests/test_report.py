@@ -19,6 +19,7 @@ from abtf_ssd.report import (
     RunSummary,
     detail_values,
     format_table,
+    loadgen_percentile,
     parse_summary,
     read_detail_log,
     read_trace_latencies,
@@ -89,6 +90,21 @@ def test_trace_latencies_are_loadgens(valid_run: Path) -> None:
     )
     assert set(trace.sample_index.tolist()) <= set(range(8))
     assert read_trace_latencies(valid_run / "missing.json") is None
+
+
+def test_percentiles_from_the_trace_are_loadgens(valid_run: Path) -> None:
+    trace = read_trace_latencies(valid_run / TRACE_LOG)
+    text = parse_summary(valid_run / SUMMARY_LOG)
+    for label in ("50.00", "90.00", "95.00", "97.00", "99.00", "99.90"):
+        reported = int(text[f"{label} percentile latency (ns)"])
+        assert loadgen_percentile(trace.query_ns, float(label) / 100) == reported, label
+
+
+def test_loadgen_percentile_takes_no_interpolation() -> None:
+    latencies = np.arange(1, 11) * 10.0  # 10 ... 100, shuffled order must not matter
+    assert loadgen_percentile(latencies[::-1], 0.5) == 60.0
+    assert loadgen_percentile(latencies, 0.999) == 100.0
+    assert loadgen_percentile(latencies, 0.0) == 10.0
 
 
 def test_invalid_run_lists_its_reasons(tmp_path: Path) -> None:
