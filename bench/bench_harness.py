@@ -1,19 +1,26 @@
 """Harness overhead: LoadGen SingleStream latency vs bare model calls (predict + decode) on the same frames.
 
-    .venv/bin/python bench/bench_harness.py [--queries 100 --rounds 6] [--large-queries 2] [--json PATH]
+    .venv/bin/python bench/bench_harness.py [--queries 100 --rounds 10] [--large-queries 1] [--json PATH]
     .venv/bin/python bench/bench_harness.py --dataset DIR --model MODEL.onnx   # your own model and data
 
 Two models by default, each with seeded random weights, on synthetic frames preprocessed for it:
 the demo model (144x256) and the 8 MP benchmark-config model (the ``_random`` model of the MLC
 scripts). For each, ``--rounds`` times: ``--queries`` bare calls (predict + ``decode_batch`` in a
-Python loop, no LoadGen), then one LoadGen SingleStream test run of as many queries through
-:func:`abtf_ssd.harness.run`. Alternating lets a drift in machine load hit both sides.
+Python loop, no LoadGen) and one LoadGen SingleStream test run of as many queries through
+:func:`abtf_ssd.harness.run`, each after one untimed call, in an order that flips every round.
+Alternating lets a drift in machine load hit both sides.
 
 The harness latencies are LoadGen's own, per query, read from its trace (they are the numbers of
-its summary: tests/test_report.py), so both sides are pooled over the rounds and summarised the
-same way: the mean, and the 99.9th percentile by LoadGen's rule (``sorted[floor(n * 0.999)]``, the
-slowest query below 1000). Target: harness <= 1.05 x bare for both (the ``--json`` rows' ratio is
-bare / harness, so >= 1 / 1.05).
+its summary: tests/test_report.py), so both sides are summarised the same way: the mean over all
+rounds, and the 99.9th percentile by LoadGen's rule (``sorted[floor(n * 0.999)]``, the slowest
+query below 1000 queries) of each round, whose median over the rounds is the p99.9 row. The median
+is there because the slowest of a few hundred queries is decided by whichever round the shared
+machine stalled in; the p99.9 of all rounds pooled is printed too. Target: harness <= 1.05 x bare
+for both (the ``--json`` rows' ratio is bare / harness, so >= 1 / 1.05).
+
+An 8 MP forward takes about 27 s on 2 cores, and varies by +-10 % from call to call on a shared
+machine, so its default is one query a side a round, 4 rounds (with the untimed calls, 16
+forwards): about 8 minutes, and its p99.9 row is then the median query.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 from abtf_ssd.accuracy import count_samples
 from abtf_ssd.backends import create_backend
 from abtf_ssd.boxes import decode_batch
-from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG
+from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
 from abtf_ssd.harness import RunOptions, output_dir, run
 from abtf_ssd.preprocess import load_sample, sample_name
 from abtf_ssd.report import TRACE_LOG, loadgen_percentile, read_trace_latencies
@@ -53,7 +60,10 @@ def build_case(workdir: Path, config_name: str, frames: int) -> tuple[Path, Path
     from abtf_ssd.synth import SPLIT_FILES, generate
 
     torch.set_num_threads(2)
-    raw = generate(workdir / "raw", frames=frames, seed=3, calibration_frames=0, workers=1)
+    height, width = get_config(config_name).og_image_size
+    raw = generate(
+        workdir / "raw", frames=frames, width=width, height=height, seed=3, calibration_frames=0, workers=1
+    )
     dataset = build_preprocessed(
         raw, raw / SPLIT_FILES["validation"], workdir / "val", "val", config_name, workers=1, progress=False
     )
@@ -119,22 +129,27 @@ def harness_latencies_ns(dataset: Path, backend, queries: int, frames: int, resu
 
 @dataclass
 class Measurement:
-    """Pooled per-query latencies (ns) of one model, both sides, and of ``predict`` alone on each."""
+    """Per-query latencies (ns) of one model, a (queries,) array a round, both sides, and of
+    ``predict`` alone on each side."""
 
     label: str
     queries: int
     rounds: int
     frames: int
-    bare: np.ndarray
-    harness: np.ndarray
-    bare_predict: np.ndarray
-    harness_predict: np.ndarray
+    bare: list[np.ndarray]
+    harness: list[np.ndarray]
+    bare_predict: list[np.ndarray]
+    harness_predict: list[np.ndarray]
 
     def mean_ms(self, side: str) -> float:
-        return float(getattr(self, side).mean()) / 1e6
+        return float(np.concatenate(getattr(self, side)).mean()) / 1e6
 
     def p999_ms(self, side: str) -> float:
-        return loadgen_percentile(getattr(self, side), 0.999) / 1e6
+        """The median over the rounds of each round's p99.9 (LoadGen's rule)."""
+        return float(np.median([loadgen_percentile(r, 0.999) for r in getattr(self, side)])) / 1e6
+
+    def pooled_p999_ms(self, side: str) -> float:
+        return loadgen_percentile(np.concatenate(getattr(self, side)), 0.999) / 1e6
 
 
 def measure(
@@ -147,51 +162,59 @@ def measure(
     frames: int,
     workdir: Path,
 ) -> Measurement:
-    """``rounds`` alternations of ``queries`` bare calls and a LoadGen run of ``queries`` queries."""
+    """``rounds`` alternations of ``queries`` bare calls and a LoadGen run of ``queries`` queries.
+
+    Each side's block starts with one untimed call (the harness makes its own warm-up call), and the
+    order of the two blocks flips every other round, so neither side always runs first.
+    """
     frames = min(frames, count_samples(dataset))
     backend = TimedBackend(create_backend(args.framework, model, args.device, args.threads))
     images = [load_sample(dataset / sample_name("val", i))["img"] for i in range(frames)]
-    bare_latencies_ns(backend.inner, images, backend.config_name, 1)  # warm-up, as the harness does
     bare, bare_predict, harness, harness_predict = [], [], [], []
-    for round_index in range(rounds):
+
+    def bare_block() -> None:
+        bare_latencies_ns(backend.inner, images, backend.config_name, 1)  # warm-up, as the harness does
         total, predict = bare_latencies_ns(backend.inner, images, backend.config_name, queries)
         bare.append(total)
         bare_predict.append(predict)
+
+    def harness_block(round_index: int) -> None:
         backend.predict_ns.clear()
         results = workdir / f"results_{round_index}"
         harness.append(harness_latencies_ns(dataset, backend, queries, frames, results))
         harness_predict.append(np.asarray(backend.predict_ns[1:]))  # [0] is the harness' warm-up
+
+    for round_index in range(rounds):
+        if round_index % 2 == 0:
+            bare_block()
+            harness_block(round_index)
+        else:
+            harness_block(round_index)
+            bare_block()
+        total = bare[-1]
         print(
             f"  {label} round {round_index + 1}/{rounds}: bare mean {total.mean() / 1e6:.2f} ms, "
             f"harness mean {harness[-1].mean() / 1e6:.2f} ms",
             flush=True,
         )
-    return Measurement(
-        label,
-        queries,
-        rounds,
-        frames,
-        np.concatenate(bare),
-        np.concatenate(harness),
-        np.concatenate(bare_predict),
-        np.concatenate(harness_predict),
-    )
+    return Measurement(label, queries, rounds, frames, bare, harness, bare_predict, harness_predict)
 
 
 def print_measurement(m: Measurement) -> None:
     print(f"{m.label}: {m.rounds} x {m.queries} queries over {m.frames} frames, bare and harness alternate")
-    print(f"{'':28}{'bare predict+decode':>20}{'LoadGen harness':>17}{'ratio':>8}")
+    print(f"{'':30}{'bare predict+decode':>20}{'LoadGen harness':>17}{'ratio':>8}")
     rows = [
         ("mean latency (ms)", m.mean_ms("bare"), m.mean_ms("harness")),
-        ("p99.9 latency (ms)", m.p999_ms("bare"), m.p999_ms("harness")),
+        ("p99.9, median of rounds (ms)", m.p999_ms("bare"), m.p999_ms("harness")),
+        ("p99.9, rounds pooled (ms)", m.pooled_p999_ms("bare"), m.pooled_p999_ms("harness")),
         ("mean predict() alone (ms)", m.mean_ms("bare_predict"), m.mean_ms("harness_predict")),
     ]
     for label, bare, harness in rows:
-        print(f"{label:28}{bare:>20.3f}{harness:>17.3f}{harness / bare:>8.3f}")
-    for what in ("mean", "p99.9"):
-        ratio = rows[0 if what == "mean" else 1][2] / rows[0 if what == "mean" else 1][1]
+        print(f"{label:30}{bare:>20.3f}{harness:>17.3f}{harness / bare:>8.3f}")
+    for what, bare, harness in rows[:2]:
+        ratio = harness / bare
         verdict = "OK" if ratio <= TARGET_RATIO else "ABOVE TARGET"
-        print(f"harness overhead ({what}) {ratio:.3f}, target <= {TARGET_RATIO}: {verdict}")
+        print(f"harness overhead, {what} {ratio:.3f}, target <= {TARGET_RATIO}: {verdict}")
 
 
 def json_rows(m: Measurement) -> list[dict]:
@@ -205,7 +228,7 @@ def json_rows(m: Measurement) -> list[dict]:
             target=target,
         ),
         make_row(
-            f"{m.label}: SingleStream p99.9 latency, LoadGen harness vs bare calls",
+            f"{m.label}: SingleStream p99.9 latency (median of the rounds'), LoadGen harness vs bare calls",
             m.p999_ms("harness"),
             m.p999_ms("bare"),
             "ms",
@@ -230,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=100, help="queries per measurement (demo model)")
-    parser.add_argument("--rounds", type=int, default=6, help="bare/harness alternations (demo model)")
+    parser.add_argument("--rounds", type=int, default=10, help="bare/harness alternations (demo model)")
     parser.add_argument("--frames", type=int, default=8, help="frames to cycle over (demo model)")
     parser.add_argument(
-        "--large-queries", type=int, default=2, help="queries per measurement, 8 MP model (0: leave it out)"
+        "--large-queries", type=int, default=1, help="queries per measurement, 8 MP model (0: leave it out)"
     )
-    parser.add_argument("--large-rounds", type=int, default=2, help="bare/harness alternations, 8 MP model")
+    parser.add_argument("--large-rounds", type=int, default=4, help="bare/harness alternations, 8 MP model")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (bench/README.md)")
     args = parser.parse_args(argv)
     if (args.dataset is None) != (args.model is None):
@@ -280,9 +303,15 @@ def main(argv: list[str] | None = None) -> int:
             + "; bare and harness alternate",
             "bare = predict + decode_batch in a loop; harness = LoadGen SingleStream (test mode), "
             "each query's latency from LoadGen's trace; both pooled over the rounds",
-            "p99.9 by LoadGen's rule (sorted[floor(n x 0.999)]): the slowest query below 1000 queries, "
-            f"so one scheduling hiccup on a shared machine moves it; target: harness <= {TARGET_RATIO} x bare"
-            f", i.e. ratio (bare / harness) >= {target:.3f}",
+            "p99.9 by LoadGen's rule (sorted[floor(n x 0.999)]) of each round, the median of the rounds: "
+            "below 1000 queries a round's p99.9 is its slowest query, which a stall of the shared machine "
+            "decides; pooled over all rounds: "
+            + "; ".join(
+                f"{m.label} harness {m.pooled_p999_ms('harness'):.1f} ms, "
+                f"bare {m.pooled_p999_ms('bare'):.1f} ms"
+                for m in measurements
+            ),
+            f"target: harness <= {TARGET_RATIO} x bare, i.e. ratio (bare / harness) >= {target:.3f}",
         ]
         params = {
             "framework": args.framework,
