@@ -1,8 +1,9 @@
 """``abtf-ssd``: the command line over the library, one subcommand per library entry point.
 
-    abtf-ssd synth | preprocess | export-onnx | train | run | accuracy | show | sysinfo
+    abtf-ssd synth | preprocess | convert-store | export-onnx | train | run | accuracy | show | sysinfo
 
-Each subcommand maps its options onto one library function. Options left out are not passed at
+Each subcommand maps its options onto one library function (``--store mmap`` picks the
+memory-mapped store's function: :mod:`abtf_ssd.store`). Options left out are not passed at
 all, so the library's own defaults apply and are stated only there. Errors the library raises for
 bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1; so is a
 ``run`` in which queries failed, after its results table.
@@ -96,12 +97,23 @@ def _synth(**options: Any) -> None:
     print(generate(**options))
 
 
-def _preprocess(split: str | None = None, **options: Any) -> None:
+def _preprocess(split: str | None = None, store: str = "pickle", **options: Any) -> None:
     from abtf_ssd.preprocess import build_preprocessed
+    from abtf_ssd.store import preprocess_to_store
 
     if split is not None:
         options["split_csv"] = official_split(split)
-    print(build_preprocessed(**options))
+    print((preprocess_to_store if store == "mmap" else build_preprocessed)(**options))
+
+
+def _convert_store(pickle_dir: str, store_dir: str | None = None, **options: Any) -> None:
+    from abtf_ssd.store import StoreNotWritableError, convert_pickles_to_store, default_store_dir
+
+    out = store_dir if store_dir is not None else default_store_dir(pickle_dir)
+    try:
+        print(convert_pickles_to_store(pickle_dir, out, **options))
+    except StoreNotWritableError as e:
+        raise StoreNotWritableError(f"{e}; give --out <a folder you can write>") from None
 
 
 def _export(**options: Any) -> None:
@@ -115,9 +127,14 @@ def _train(**options: Any) -> None:
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
 
 
-def _run(**options: Any) -> None:
+def _run(store: str = "pickle", **options: Any) -> None:
     from abtf_ssd.harness import RunOptions, run
 
+    if store == "mmap":
+        from abtf_ssd.store import prepare_store
+
+        prefix = options.get("dataset_prefix", RunOptions.dataset_prefix)
+        options["dataset_dir"] = str(prepare_store(options["dataset_dir"], prefix))
     result = run(RunOptions(**options))
     print(f"results: {result.output_dir}")
     if not result.ok:
@@ -198,6 +215,8 @@ def _opt(parser: argparse.ArgumentParser, flag: str, dest: str, help: str, **kwa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from abtf_ssd.store import STORE_KINDS
+
     parser = argparse.ArgumentParser(
         prog="abtf-ssd", description="MLPerf Automotive SSD-ResNet50 on Cognata: library commands."
     )
@@ -226,7 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--config", "config_name", "model config the images are resized for", required=True)
     _opt(p, "--workers", "workers", "processes (default: one per CPU)", type=int)
     _opt(p, "--count", "count", "only the first N rows of the split", type=int)
+    _opt(
+        p,
+        "--store",
+        "store",
+        "pickle (default): one <prefix>_<i>.pkl per frame in --out; mmap: the memory-mapped sample store "
+        "in <out>/mmap instead (no pickles; byte-identical samples)",
+        choices=STORE_KINDS,
+    )
     p.set_defaults(handler=_preprocess)
+
+    p = sub.add_parser(
+        "convert-store", help="convert a folder of <prefix>_<i>.pkl samples into a memory-mapped sample store"
+    )
+    p.add_argument("pickle_dir", help="folder of <prefix>_<i>.pkl samples (ours or the official download)")
+    _opt(p, "--out", "store_dir", "store folder (default: <pickle_dir>/mmap)")
+    _opt(p, "--workers", "workers", "processes reading pickles (default: 1)", type=int)
+    _opt(p, "--prefix", "prefix", "sample file prefix (default: the folder's only one)")
+    _opt(p, "--count", "count", "only the first N samples", type=int)
+    p.set_defaults(handler=_convert_store)
 
     p = sub.add_parser("export-onnx", help="write a model of a config as ONNX (or a PyTorch checkpoint)")
     _opt(p, "--config", "config", "model config name", required=True)
@@ -265,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         "execution_mode": rules.EXECUTION_MODES,
     }
     _add_dataclass_options(p, RunOptions, run_choices)
+    _opt(
+        p,
+        "--store",
+        "store",
+        "pickle (default): read --dataset-dir as it is; mmap: run on its memory-mapped sample store, "
+        "converting a pickle folder into <dataset-dir>/mmap once (a rerun reuses it)",
+        choices=STORE_KINDS,
+    )
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("accuracy", help="mAP of an accuracy log; writes accuracy.txt")

@@ -503,8 +503,9 @@ def _split_rows(dataset: Dataset) -> tuple[int, str] | None:
     """How many rows the split the dataset was made from has, and which split; None when unknown.
 
     A pickle folder of :func:`abtf_ssd.preprocess.build_preprocessed` records it in dataset.json; one
-    without a manifest is the official download. A store records the split of the pickles it was
-    converted from: none for an official download, else that folder's dataset.json tells.
+    without a manifest is the official download. A store records the split it was made from: none for
+    an official download; its own ``split_rows`` when written (by preprocessing or a conversion) since
+    that field exists, else the dataset.json of the pickle folder it was converted from.
     """
     if isinstance(dataset, PickleDataset):
         manifest = dataset.manifest
@@ -513,6 +514,10 @@ def _split_rows(dataset: Dataset) -> tuple[int, str] | None:
     elif isinstance(dataset, SampleStore):
         if dataset.manifest.get("split_csv_sha256") is None:
             return _official_rows(dataset.prefix)
+        if isinstance(dataset.manifest.get("split_rows"), int):
+            manifest = dataset.manifest
+            rows = manifest["split_rows"]
+            return rows, f"split {manifest.get('split_csv')}"
         source = dataset.manifest.get("source")
         manifest = read_manifest(source) if source and Path(source).is_dir() else None
         if manifest is None or manifest.get("split_csv_sha256") != dataset.manifest["split_csv_sha256"]:

@@ -12,7 +12,8 @@ torchvision's ``ToTensor`` then ``Normalize`` compute it. ``gt_boxes`` comes fro
 :func:`build_preprocessed` writes a set with N worker processes, atomically (:mod:`abtf_ssd.fileio`),
 resumably (a rerun skips samples whose file is complete), and finishes with a manifest
 ``dataset.json``; while a run is unfinished the folder holds ``dataset.partial.json`` instead.
-One set per folder.
+One set per folder. :func:`preprocess_sample` is the step for one frame, shared with
+:func:`abtf_ssd.store.preprocess_to_store`, which writes the same samples as a memory-mapped store.
 
 Pickles from a download can run code when loaded: :func:`load_sample` unpickles with an
 allow-list of the few numpy globals an ndarray needs and refuses everything else.
@@ -341,27 +342,15 @@ def build_preprocessed(
         DiskSpaceError: the free space is below the estimate for the samples still to write.
     """
     config = get_config(config_name)
-    if not prefix or not prefix.replace("-", "").isalnum():
-        raise ValueError(f"prefix {prefix!r} must be letters, digits or '-'")
     raw_root, split_csv, out_dir = Path(raw_root), Path(split_csv), Path(out_dir)
-    try:
-        frames = read_split(split_csv)
-    except (CognataFormatError, OSError) as e:
-        raise PreprocessError(f"cannot read split CSV: {e}") from None
-    if count is None:
-        count = len(frames)
-    if not 0 < count <= len(frames):
-        raise ValueError(f"count {count} must be in 1..{len(frames)} ({split_csv} has {len(frames)} rows)")
-    workers = _default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    frames, count, workers = check_request(split_csv, prefix, count, workers)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = {
         "prefix": prefix,
         "config": config.name,
         "image_size": list(config.image_size),
-        "split_csv_sha256": _sha256(split_csv),
+        "split_csv_sha256": file_sha256(split_csv),
     }
     with _exclusive_lock(out_dir):
         previous_count = _check_folder_holds_this_set(out_dir, identity, prefix)
@@ -390,6 +379,32 @@ def build_preprocessed(
     return out_dir
 
 
+def check_request(
+    split_csv: Path, prefix: str, count: int | None, workers: int | None
+) -> tuple[list[tuple[str, str]], int, int]:
+    """The split's ``(png, annotation)`` rows, the sample count and the worker count of a request to
+    preprocess ``count`` frames (None: all) with ``workers`` processes (None: one per CPU).
+
+    Raises:
+        ValueError: a prefix other than ``[A-Za-z0-9-]+``, a count outside the split, workers < 1.
+        PreprocessError: an unreadable split CSV.
+    """
+    if not prefix or not prefix.replace("-", "").isalnum():
+        raise ValueError(f"prefix {prefix!r} must be letters, digits or '-'")
+    try:
+        frames = read_split(split_csv)
+    except (CognataFormatError, OSError) as e:
+        raise PreprocessError(f"cannot read split CSV: {e}") from None
+    if count is None:
+        count = len(frames)
+    if not 0 < count <= len(frames):
+        raise ValueError(f"count {count} must be in 1..{len(frames)} ({split_csv} has {len(frames)} rows)")
+    workers = _default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return frames, count, workers
+
+
 def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
     """The ``dataset.json`` of a finished set, or None when the folder has none (unfinished, or
     not made by :func:`build_preprocessed`, e.g. the official download)."""
@@ -410,9 +425,19 @@ _Task = tuple[int, str, str, str, str, str, str]
 it pickles to a spawned worker."""
 
 
-def _process_task(task: _Task) -> int:
-    """Worker entry point (top level, spawn-safe): preprocess and write one sample, return its index."""
-    index, png_path, ann_path, split_csv, out_dir, prefix, config_name = task
+def preprocess_sample(
+    index: int, png_path: str | Path, ann_path: str | Path, split_csv: str | Path, config_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``index`` of a split, in memory: what ``<prefix>_<index>.pkl`` holds.
+
+    Returns:
+        ``img`` float32 (1, 3, H, W) (:func:`normalize_image` of the frame) and ``gt_boxes`` (N, 7)
+        (:func:`~abtf_ssd.cognata.read_annotation`).
+
+    Raises:
+        PreprocessError: a missing or unreadable frame or annotation, or a frame whose size is not the
+            config's ``og_image_size``; the message names the file and the split CSV row.
+    """
     where = f"{split_csv} row {index} (0-based, after the header)"
     config = get_config(config_name)
     try:
@@ -434,13 +459,20 @@ def _process_task(task: _Task) -> int:
             f"{where}: frame {png_path} is {rgb.size[0]}x{rgb.size[1]} pixels, config {config_name!r} "
             f"expects {og_width}x{og_height} (ground-truth boxes are in original pixels)"
         )
-    img = normalize_image(rgb, config.image_size)
+    return normalize_image(rgb, config.image_size), gt_boxes
+
+
+def _process_task(task: _Task) -> int:
+    """Worker entry point (top level, spawn-safe): preprocess and write one sample, return its index."""
+    index, png_path, ann_path, split_csv, out_dir, prefix, config_name = task
+    img, gt_boxes = preprocess_sample(index, png_path, ann_path, split_csv, config_name)
     path = Path(out_dir) / sample_name(prefix, index)
     try:
         write_sample(path, img, gt_boxes)
     except OSError as e:
         # A write error (a full disk above all) carries no file name of its own.
         problem = "the file system is full" if e.errno in _FULL_DISK_ERRNOS else "write failed"
+        where = f"{split_csv} row {index} (0-based, after the header)"
         raise PreprocessError(
             f"{where}: cannot write {path}: {problem} ({e.strerror or e}); fix that and rerun: finished "
             "samples are kept and skipped"
@@ -527,7 +559,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_json(path, data, sort_keys=True)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file: the split CSV's, recorded in the manifests."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

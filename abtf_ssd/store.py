@@ -1,8 +1,7 @@
 """A memory-mapped sample store: one preprocessed split as one raw float32 file, read without copies.
 
 The official set is one ~100 MB pickle per sample; loading the 128 performance samples unpickles
-12.7 GB into private memory (and each pickle briefly twice). :func:`convert_pickles_to_store` reads
-the pickles once, with the safe loader :func:`abtf_ssd.preprocess.load_sample`, into a store folder::
+12.7 GB into private memory (and each pickle briefly twice). A store folder holds the same samples::
 
     store.json      manifest, written last: prefix, count, image_size, dtype, shape, config, ...
     images.f32      raw float32 (count, 3, H, W), C order, no header
@@ -12,7 +11,15 @@ the pickles once, with the safe loader :func:`abtf_ssd.preprocess.load_sample`, 
 :class:`SampleStore` maps ``images.f32``; ``image(i)`` is a view into the mapping, so "loading" a
 sample is at most touching its pages, and the page cache is shared by every process that reads it.
 
-A conversion is resumable: the images file is preallocated under a ``.partial`` name, each sample is
+Two ways in, one writer behind them (a :data:`SampleSource`, ``index -> (img, gt_boxes)``):
+:func:`convert_pickles_to_store` reads a pickle folder once with the safe loader
+:func:`abtf_ssd.preprocess.load_sample` (``abtf-ssd convert-store``), and :func:`preprocess_to_store`
+preprocesses raw frames with :func:`abtf_ssd.preprocess.preprocess_sample` straight into a store,
+without pickles (``abtf-ssd preprocess --store mmap``). Both give the same bytes for the same frames.
+A folder's store is ``<folder>/mmap`` (:func:`default_store_dir`); :func:`prepare_store` is what
+``abtf-ssd run --store mmap`` calls: a store as it is, a pickle folder converted once.
+
+Writing is resumable: the images file is preallocated under a ``.partial`` name, each sample is
 written at its offset, and ``convert.state.json`` records how many leading samples are complete
 (``filled``) only after their bytes are on disk. A rerun continues from ``filled``. ``store.json``
 appears only when every sample is in; without it the folder is refused.
@@ -24,13 +31,15 @@ so that the LoadGen QSL and the accuracy script can use either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import mmap
 import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -39,6 +48,7 @@ from tqdm import tqdm
 
 from abtf_ssd import preprocess
 from abtf_ssd.cognata import GT_COLUMNS
+from abtf_ssd.config import get_config
 from abtf_ssd.fileio import atomic_output, atomic_write_json, exclusive_lock, fsync_path
 
 STORE_MANIFEST = "store.json"
@@ -48,7 +58,11 @@ GT_OFFSETS_FILE = "gt_offsets.npy"
 STORE_FORMAT = "abtf-ssd-sample-store"
 STORE_VERSION = 1
 DEFAULT_STORE_SUBDIR = "mmap"
-"""Where ``abtf-ssd preprocess --store mmap`` puts the store: a folder inside the pickle folder."""
+"""Where a folder's store lives: ``<pickle folder>/mmap``, and ``<--out>/mmap`` for
+``abtf-ssd preprocess --store mmap`` (:func:`default_store_dir`)."""
+STORE_KINDS = ("pickle", "mmap")
+"""The ``--store`` choices: ``pickle`` (the default: one pickle per sample, unpickled into memory) or
+``mmap`` (this module's store, memory-mapped)."""
 
 _PARTIAL_SUFFIX = ".partial"
 _STATE_FILE = "convert.state.json"
@@ -56,12 +70,14 @@ _GT_ROWS_PARTIAL = "gt_boxes.f32.partial"
 _GT_COUNTS_PARTIAL = "gt_counts.i64.partial"
 _LOCK_FILE = "convert.lock"
 
-_PROVENANCE_KEYS = ("source",)
-"""Recorded in the manifest but not compared on a rerun: moving the pickle folder changes no sample."""
+_PROVENANCE_KEYS = ("source", "split_rows")
+"""Recorded in the manifest but not compared on a rerun: moving the pickle folder changes no sample,
+and the split's row count follows from its checksum."""
 _DTYPE = np.dtype(np.float32)
 _CHANNELS = 3
 _PAGE = mmap.PAGESIZE
 _SAMPLE_FILE = re.compile(r"([A-Za-z0-9-]+)_(\d+)\.pkl")
+_NOT_WRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class StoreError(RuntimeError):
@@ -70,6 +86,10 @@ class StoreError(RuntimeError):
 
 class MissingSamplesError(StoreError, FileNotFoundError):
     """A pickle folder without the sample files its numbering needs (none, or a gap)."""
+
+
+class StoreNotWritableError(StoreError, PermissionError):
+    """A store that has to be written into a folder this process cannot write (read-only, no access)."""
 
 
 @runtime_checkable
@@ -211,7 +231,10 @@ def read_store_manifest(store_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         hint = ""
         if (store_dir / _STATE_FILE).is_file():
-            hint = " (a conversion into it is unfinished: rerun convert_pickles_to_store to complete it)"
+            hint = (
+                " (writing it is unfinished: rerun the conversion, or `abtf-ssd preprocess --store mmap`, "
+                "that made it; it continues where it stopped)"
+            )
         raise StoreError(f"{path} does not exist: {store_dir} is not a finished sample store{hint}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -453,12 +476,56 @@ def count_sample_files(folder: Path, prefix: str | None = None) -> tuple[str, in
 
 
 # ---------------------------------------------------------------------------------------------
-# Conversion
+# Writing a store: from pickles, straight from raw frames, or whichever a run needs
+
+
+def check_store_kind(kind: str, flag: str = "--store") -> str:
+    """``kind`` when it is one of :data:`STORE_KINDS`; a ValueError naming ``flag`` otherwise."""
+    if kind not in STORE_KINDS:
+        raise ValueError(f"{flag}={kind}: unknown sample store; use {' or '.join(STORE_KINDS)}")
+    return kind
 
 
 def default_store_dir(pickle_dir: str | Path) -> Path:
-    """The store folder ``abtf-ssd preprocess --store mmap`` uses for a pickle folder."""
+    """The store folder of a pickle folder (or of the ``--out`` folder of ``preprocess --store mmap``):
+    ``<pickle_dir>/mmap``."""
     return Path(pickle_dir) / DEFAULT_STORE_SUBDIR
+
+
+SampleSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
+"""``source(i) -> (img float32 (1, 3, H, W), gt_boxes (N, 7))``: where the samples a store is written
+from come from. Picklable (an instance of a top-level class) so that spawn workers can receive it."""
+
+
+@dataclass(frozen=True)
+class PickleSource:
+    """Samples read from ``<prefix>_<i>.pkl`` files with the safe loader."""
+
+    folder: str
+    prefix: str
+    image_size: tuple[int, int]
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = Path(self.folder) / preprocess.sample_name(self.prefix, index)
+        sample = preprocess.load_sample(path, self.image_size)
+        return sample["img"], sample["gt_boxes"]
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Samples preprocessed from raw frames by :func:`abtf_ssd.preprocess.preprocess_sample`, the step
+    ``build_preprocessed`` pickles: the same bytes, without the pickle."""
+
+    raw_root: str
+    frames: tuple[tuple[str, str], ...]
+    """``(png, annotation)`` of each split row, relative to ``raw_root``."""
+    split_csv: str
+    config_name: str
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        png, ann = self.frames[index]
+        root = Path(self.raw_root)
+        return preprocess.preprocess_sample(index, root / png, root / ann, self.split_csv, self.config_name)
 
 
 def convert_pickles_to_store(
@@ -481,15 +548,16 @@ def convert_pickles_to_store(
 
     Returns:
         ``store_dir``. A rerun after an interruption continues where the last one stopped; a rerun on a
-        finished store of the same source returns at once.
+        finished store of the same source returns at once (without writing: a read-only folder is fine).
 
     Raises:
         StoreError: a folder holding another store, too little disk space, an unfinished pickle set.
+        StoreNotWritableError: ``store_dir`` cannot be created or written (read-only, no permission).
         preprocess.SampleFormatError, preprocess.UnsafePickleError: a bad pickle (named).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    pickle_dir, store_dir = Path(pickle_dir), Path(store_dir)
+    pickle_dir = Path(pickle_dir)
     source = _describe_pickles(pickle_dir, prefix)
     available = source["count"]
     if count is None:
@@ -502,26 +570,177 @@ def convert_pickles_to_store(
         image_size = tuple(first["img"].shape[2:])
         del first
     manifest = source["manifest"] or {}
-    identity = {
+    identity = _identity(
+        str(pickle_dir.resolve()),
+        source["prefix"],
+        count,
+        image_size,
+        manifest.get("config"),
+        manifest.get("split_csv"),
+        manifest.get("split_csv_sha256"),
+        manifest.get("split_rows"),
+    )
+    reader = PickleSource(str(pickle_dir), source["prefix"], tuple(int(n) for n in image_size))
+    return _write_store(Path(store_dir), identity, reader, workers, progress, f"store {source['prefix']}")
+
+
+def preprocess_to_store(
+    raw_root: str | Path,
+    split_csv: str | Path,
+    out_dir: str | Path,
+    prefix: str,
+    config_name: str,
+    workers: int | None = None,
+    count: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Preprocess the first ``count`` frames of a split straight into a store, ``<out_dir>/mmap``.
+
+    The arguments are :func:`abtf_ssd.preprocess.build_preprocessed`'s, and so is every sample: the
+    store's images and ground truth are byte for byte those of converting the pickles it would write,
+    without the pickles on disk. Resumable and atomic like :func:`convert_pickles_to_store`.
+
+    Returns:
+        the store folder, ``<out_dir>/mmap``.
+
+    Raises:
+        PreprocessError: a missing or unreadable frame or annotation, a frame of the wrong size (named
+            with its split CSV row).
+        StoreError: a folder holding another store (another split, config or count), too little disk.
+        StoreNotWritableError: the folder cannot be written.
+    """
+    config = get_config(config_name)
+    raw_root, split_csv = Path(raw_root), Path(split_csv)
+    frames, count, workers = preprocess.check_request(split_csv, prefix, count, workers)
+    identity = _identity(
+        str(raw_root.resolve()),
+        prefix,
+        count,
+        config.image_size,
+        config.name,
+        split_csv.name,
+        preprocess.file_sha256(split_csv),
+        len(frames),
+    )
+    source = FrameSource(str(raw_root), tuple(frames[:count]), str(split_csv), config.name)
+    desc = f"preprocess {prefix}"
+    return _write_store(default_store_dir(out_dir), identity, source, workers, progress, desc)
+
+
+def find_store(folder: str | Path) -> Path | None:
+    """The finished store holding ``folder``'s samples: ``folder`` itself or ``default_store_dir(folder)``
+    (with ``store.json``); None when neither is one."""
+    for candidate in (Path(folder), default_store_dir(folder)):
+        if (candidate / STORE_MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def recorded_config(folder: str | Path) -> str | None:
+    """The model config a dataset folder was made for: a store's ``store.json`` or a pickle folder's
+    ``dataset.json`` says; None when it says nothing (the official download)."""
+    folder = Path(folder)
+    if _looks_like_store(folder):
+        return read_store_manifest(folder).get("config")
+    manifest = preprocess.read_manifest(folder)
+    return manifest.get("config") if manifest else None
+
+
+def prepare_store(
+    dataset_dir: str | Path, prefix: str | None = None, workers: int = 1, progress: bool = True
+) -> Path:
+    """The store a run with ``--store mmap`` reads for ``dataset_dir``, converting pickles once.
+
+    * a store folder: itself;
+    * the ``--out`` folder of ``preprocess --store mmap`` (no pickles): its ``mmap`` store;
+    * a pickle folder: :func:`convert_pickles_to_store` into ``default_store_dir(dataset_dir)``; a
+      rerun finds it finished and returns at once.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` is not a folder.
+        StoreNotWritableError: the store must be made but the pickle folder is read-only; the message
+            says how to convert into a folder that can be written.
+        StoreError, preprocess.SampleFormatError: as :func:`convert_pickles_to_store`.
+    """
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
+    if _looks_like_store(dataset_dir):
+        return dataset_dir  # finished or not: opening it says which
+    store_dir = default_store_dir(dataset_dir)
+    if _looks_like_store(store_dir) and not _holds_pickles(dataset_dir):
+        return store_dir  # written by preprocess --store mmap
+    try:
+        return convert_pickles_to_store(dataset_dir, store_dir, workers, prefix, progress=progress)
+    except StoreNotWritableError as e:
+        raise StoreNotWritableError(
+            f"{e}: the pickle folder {dataset_dir} is read-only (an MLC cache entry of another user, a "
+            f"read-only mount); convert it once into a folder you can write, `abtf-ssd convert-store "
+            f"{dataset_dir} --out <folder>`, and run on that folder (--dataset-dir <folder>, with MLC "
+            "--dataset_path=<folder>)"
+        ) from None
+
+
+def _holds_pickles(folder: Path) -> bool:
+    """Whether ``folder`` holds a pickle set, finished or not (a manifest or any sample file)."""
+    manifests = (preprocess.MANIFEST_NAME, preprocess.PARTIAL_MANIFEST_NAME)
+    if any((folder / name).is_file() for name in manifests):
+        return True
+    return any(_SAMPLE_FILE.fullmatch(entry.name) for entry in folder.iterdir())
+
+
+def _identity(
+    source: str,
+    prefix: str,
+    count: int,
+    image_size: Iterable[int],
+    config: str | None,
+    split_csv: str | None,
+    split_csv_sha256: str | None,
+    split_rows: int | None,
+) -> dict[str, Any]:
+    """The manifest fields that say which samples a store holds (``source`` only records where from;
+    ``split_rows``, the split's length, lets a valid run check that the store covers all of it)."""
+    height, width = (int(n) for n in image_size)
+    return {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
-        "source": str(pickle_dir.resolve()),
-        "prefix": source["prefix"],
+        "source": source,
+        "prefix": prefix,
         "count": count,
-        "image_size": [int(n) for n in image_size],
+        "image_size": [height, width],
         "dtype": _DTYPE.name,
-        "shape": [count, _CHANNELS, *(int(n) for n in image_size)],
-        "config": manifest.get("config"),
-        "split_csv": manifest.get("split_csv"),
-        "split_csv_sha256": manifest.get("split_csv_sha256"),
+        "shape": [count, _CHANNELS, height, width],
+        "config": config,
+        "split_csv": split_csv,
+        "split_csv_sha256": split_csv_sha256,
+        "split_rows": split_rows,
     }
-    store_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(store_dir):
-        if (store_dir / STORE_MANIFEST).is_file():
-            _check_same_store(store_dir / STORE_MANIFEST, identity)
+
+
+def _write_store(
+    store_dir: Path, identity: dict[str, Any], source: SampleSource, workers: int, progress: bool, desc: str
+) -> Path:
+    """Write (or resume, or find finished) the store of ``identity`` with the samples of ``source``."""
+    finished = store_dir / STORE_MANIFEST
+    if finished.is_file():  # nothing to write, so a folder this process cannot write is fine
+        _check_same_store(finished, identity)
+        return store_dir
+    with contextlib.ExitStack() as stack:
+        try:
+            store_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_exclusive_lock(store_dir))
+        except OSError as e:
+            if e.errno not in _NOT_WRITABLE_ERRNOS:
+                raise
+            raise StoreNotWritableError(
+                f"{store_dir}: cannot write the sample store there ({e.strerror})"
+            ) from None
+        if finished.is_file():  # finished between the check above and the lock
+            _check_same_store(finished, identity)
             return store_dir
         filled, gt_rows = _resume(store_dir, identity)
-        _fill(pickle_dir, store_dir, identity, filled, gt_rows, workers, progress)
+        _fill(source, store_dir, identity, filled, gt_rows, workers, progress, desc)
         _finish(store_dir, identity)
     return store_dir
 
@@ -610,22 +829,36 @@ def _preallocate(path: Path, size: int) -> None:
         os.close(fd)
 
 
-_Task = tuple[int, str, str, int, tuple[int, int]]
-"""(index, pickle path, images file, byte offset, image_size): plain values that pickle to a worker."""
+_Task = tuple[int, str, int]
+"""(index, images file, byte offset): plain values that pickle to a worker."""
+
+_worker_source: SampleSource | None = None
+"""The sample source of a worker process, set once by the pool's initializer."""
 
 
-def _convert_one(task: _Task) -> tuple[int, np.ndarray]:
-    """Worker entry point (top level, spawn-safe): copy one sample's image into the images file at its
-    offset; return the index and its ground truth for the parent to commit in order."""
-    index, pickle_path, images_path, offset, image_size = task
-    sample = preprocess.load_sample(pickle_path, image_size)
-    image = np.ascontiguousarray(sample["img"])
+def _set_worker_source(source: SampleSource) -> None:
+    global _worker_source
+    _worker_source = source
+
+
+def _write_sample(source: SampleSource, task: _Task) -> tuple[int, np.ndarray]:
+    """Copy one sample's image into the images file at its offset; return the index and its ground
+    truth for the parent to commit in order."""
+    index, images_path, offset = task
+    img, gt_boxes = source(index)
+    image = np.ascontiguousarray(img, dtype=_DTYPE)
     fd = os.open(images_path, os.O_WRONLY)
     try:
         _pwrite_all(fd, memoryview(image).cast("B"), offset)
     finally:
         os.close(fd)
-    return index, sample["gt_boxes"]
+    return index, gt_boxes
+
+
+def _write_sample_in_worker(task: _Task) -> tuple[int, np.ndarray]:
+    """Worker entry point (top level, spawn-safe)."""
+    assert _worker_source is not None, "the pool initializer sets the source"
+    return _write_sample(_worker_source, task)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -635,34 +868,30 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _fill(
-    pickle_dir: Path,
+    source: SampleSource,
     store_dir: Path,
     identity: dict[str, Any],
     filled: int,
     gt_rows: int,
     workers: int,
     progress: bool,
+    desc: str,
 ) -> None:
-    """Convert samples ``filled .. count - 1``, committing each in index order."""
-    count, prefix = identity["count"], identity["prefix"]
+    """Write samples ``filled .. count - 1``, committing each in index order."""
+    count = identity["count"]
     if filled >= count:
         return
     images = store_dir / (IMAGES_FILE + _PARTIAL_SUFFIX)
-    sample_bytes, image_size = _sample_bytes(identity), tuple(identity["image_size"])
-    tasks: list[_Task] = [
-        (i, str(pickle_dir / preprocess.sample_name(prefix, i)), str(images), i * sample_bytes, image_size)
-        for i in range(filled, count)
-    ]
+    sample_bytes = _sample_bytes(identity)
+    tasks: list[_Task] = [(i, str(images), i * sample_bytes) for i in range(filled, count)]
     state_path = store_dir / _STATE_FILE
     images_fd = os.open(images, os.O_RDWR)
     try:
         with (
             (store_dir / _GT_ROWS_PARTIAL).open("ab") as rows_file,
             (store_dir / _GT_COUNTS_PARTIAL).open("ab") as counts_file,
-            tqdm(
-                total=count, initial=filled, desc=f"store {prefix}", unit="sample", disable=not progress
-            ) as bar,
-            _results(tasks, workers) as results,
+            tqdm(total=count, initial=filled, desc=desc, unit="sample", disable=not progress) as bar,
+            _results(source, tasks, workers) as results,
         ):
             for index, gt_boxes in results:
                 # Commit order: image bytes, then ground truth, then the state that counts them.
@@ -677,15 +906,19 @@ def _fill(
 
 
 @contextlib.contextmanager
-def _results(tasks: list[_Task], workers: int) -> Iterator[Iterator[tuple[int, np.ndarray]]]:
-    """Converted samples in index order: inline for one worker, from a spawned pool otherwise."""
+def _results(
+    source: SampleSource, tasks: list[_Task], workers: int
+) -> Iterator[Iterator[tuple[int, np.ndarray]]]:
+    """Written samples in index order: inline for one worker, from a spawned pool otherwise."""
     workers = min(workers, len(tasks))
     if workers == 1:
-        yield (_convert_one(task) for task in tasks)
+        yield (_write_sample(source, task) for task in tasks)
         return
-    # spawn: workers start clean, without inherited threads (tqdm's monitor, BLAS pools).
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield pool.imap(_convert_one, tasks, chunksize=1)
+    # spawn: workers start clean, without inherited threads (tqdm's monitor, BLAS pools). The source
+    # travels once per worker, not once per sample.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_set_worker_source, initargs=(source,)) as pool:
+        yield pool.imap(_write_sample_in_worker, tasks, chunksize=1)
 
 
 def _append(f: BinaryIO, array: np.ndarray) -> None:

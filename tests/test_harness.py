@@ -284,3 +284,26 @@ def test_a_valid_run_over_part_of_the_official_split_is_refused(tmp_path, tiny_d
     with pytest.raises(ValueError, match=r"holds 12 samples, but the official validation split .* 6000 rows"):
         _run(tmp_path, tiny_dataset, backend, mode="accuracy", execution_mode="valid", dataset_dir=download)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_valid_run_over_part_of_a_split_preprocessed_into_a_store_is_refused(
+    tmp_path, tiny_dataset, backend
+) -> None:
+    from abtf_ssd.config import DEMO_CONFIG
+    from abtf_ssd.store import preprocess_to_store
+    from abtf_ssd.synth import SPLIT_FILES
+
+    raw = tiny_dataset.raw_root
+    store = preprocess_to_store(
+        raw,
+        raw / SPLIT_FILES["validation"],
+        tmp_path / "val",
+        "val",
+        DEMO_CONFIG,
+        workers=1,
+        count=3,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match=rf"holds 3 samples, but split .* has {tiny_dataset.frames} rows"):
+        _run(tmp_path, tiny_dataset, backend, mode="accuracy", execution_mode="valid", dataset_dir=store)
+    assert not (tmp_path / "results").exists()

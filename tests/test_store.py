@@ -201,6 +201,21 @@ def test_open_dataset_picks_the_reader(tiny_dataset, converted: Path, tmp_path: 
         from_store.image(tiny_dataset.frames)
 
 
+def test_what_a_folder_records_and_where_its_store_is(tiny_dataset, converted: Path, tmp_path: Path) -> None:
+    assert store.recorded_config(tiny_dataset.preprocessed) == "demo" == store.recorded_config(converted)
+    assert store.find_store(converted) == converted and store.find_store(tiny_dataset.preprocessed) is None
+    assert store.default_store_dir(tiny_dataset.preprocessed) == tiny_dataset.preprocessed / "mmap"
+    assert store.prepare_store(converted) == converted
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert store.recorded_config(empty) is None
+    with pytest.raises(StoreError, match=r"no val_0\.pkl"):
+        store.prepare_store(empty, "val")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.prepare_store(tmp_path / "nowhere")
+    assert store.check_store_kind("mmap") == "mmap" and store.check_store_kind("pickle") == "pickle"
+
+
 def test_official_layout_without_manifest(tiny_dataset, tmp_path: Path) -> None:
     """The official download has no dataset.json: prefix from the file names, size from sample 0."""
     official = tmp_path / "val_2d"

@@ -39,6 +39,7 @@ def predeps(i):
 def _check_request(env):
     from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
 
+    _store(env)
     framework = env["MLC_ABTF_RUN_FRAMEWORK"]
     problem = run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH"))
     if problem:
@@ -70,6 +71,8 @@ def _run(env):
             options = dataclasses.replace(options, audit_config=audit_config)
         # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
         command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
+        if _store(env) == "mmap":
+            command += ["--store", "mmap"]  # a pickle folder is converted once into <folder>/mmap
         if subprocess.run(command, check=False).returncode != 0:
             raise RuntimeError(f"the {options.mode} run failed (see above)")
     kind = (f"{COMPLIANCE_TEST}_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
@@ -111,6 +114,13 @@ def _given_options(env):
     return options
 
 
+def _store(env):
+    """--store: pickle (the default) or mmap."""
+    from abtf_ssd.store import check_store_kind
+
+    return check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
+
+
 def _dataset(env):
     path = env.get("MLC_ABTF_DATASET_PATH", "")
     if not path:
@@ -120,15 +130,15 @@ def _dataset(env):
 
 def _config(env):
     """The model config: --config, else the model's, else the one the dataset was preprocessed for."""
-    from abtf_ssd.preprocess import read_manifest
+    from abtf_ssd.store import recorded_config
 
-    manifest = read_manifest(env["MLC_ABTF_DATASET_PATH"]) or {}
-    config = env.get("MLC_ABTF_RUN_CONFIG") or env.get("MLC_ABTF_ML_MODEL_CONFIG") or manifest.get("config")
+    recorded = recorded_config(env["MLC_ABTF_DATASET_PATH"])  # dataset.json, or a store's store.json
+    config = env.get("MLC_ABTF_RUN_CONFIG") or env.get("MLC_ABTF_ML_MODEL_CONFIG") or recorded
     if not config:
         raise ValueError("unknown model config: give --config=<name>")
-    if manifest.get("config") and manifest["config"] != config:
+    if recorded and recorded != config:
         raise ValueError(
-            f"the dataset {env['MLC_ABTF_DATASET_PATH']} was preprocessed for config {manifest['config']!r} "
+            f"the dataset {env['MLC_ABTF_DATASET_PATH']} was preprocessed for config {recorded!r} "
             f"but the model is {config!r}"
         )
     return config

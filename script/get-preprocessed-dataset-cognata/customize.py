@@ -1,4 +1,5 @@
-"""MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.preprocess.build_preprocessed."""
+"""MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.preprocess.build_preprocessed, or with
+``--store=mmap`` abtf_ssd.store.preprocess_to_store (raw frames) / convert_pickles_to_store (the download)."""
 
 import os
 
@@ -9,10 +10,28 @@ _RAW_CSV_KEYS = {
 }
 
 
+def predeps(i):
+    """Refuse an unknown --store before the raw frames are made or fetched."""
+    from abtf_ssd.mlc_scripts import mlc_step
+
+    return mlc_step("get-preprocessed-dataset-cognata", _check_store, i["env"])
+
+
 def preprocess(i):
     from abtf_ssd.mlc_scripts import mlc_step
 
     return mlc_step("get-preprocessed-dataset-cognata", _get_preprocessed, i["env"])
+
+
+def _check_store(env):
+    _store(env)
+
+
+def _store(env):
+    """--store: pickle (the default) or mmap."""
+    from abtf_ssd.store import check_store_kind
+
+    return check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
 
 
 def _get_preprocessed(env):
@@ -22,12 +41,14 @@ def _get_preprocessed(env):
     split = env["MLC_ABTF_DATASET_SPLIT"]
     prefix = cognata.SPLIT_PREFIXES[split]
     source = env["MLC_ABTF_DATASET_SOURCE"]
+    store = _store(env)
     env["MLC_ABTF_DATASET_PREFIX"] = prefix
     if source == "mlc":
-        _download(env, out_dir, split)
+        _download(env, out_dir, split, store)
         return
     from abtf_ssd import preprocess
     from abtf_ssd.mlc_scripts import env_int
+    from abtf_ssd.store import preprocess_to_store
 
     if source == "local":
         raw_root = env.get("MLC_ABTF_DATASET_RAW_PATH", "")
@@ -37,7 +58,9 @@ def _get_preprocessed(env):
     else:
         raw_root = env["MLC_ABTF_RAW_DATASET_PATH"]
         split_csv = env.get("MLC_ABTF_DATASET_SPLIT_CSV") or env[_RAW_CSV_KEYS[split]]
-    preprocess.build_preprocessed(
+    # mmap: the same samples straight into <out_dir>/mmap, no pickles on disk.
+    build = preprocess_to_store if store == "mmap" else preprocess.build_preprocessed
+    path = build(
         raw_root,
         split_csv,
         out_dir,
@@ -47,19 +70,40 @@ def _get_preprocessed(env):
         count=env_int(env, "MLC_ABTF_DATASET_COUNT", "--count"),
         progress=False,
     )
-    env["MLC_ABTF_DATASET_PATH"] = out_dir
+    if store == "mmap":
+        # Every reader of MLC_ABTF_DATASET_PATH (app, accuracy) opens a store as well as pickles.
+        env["MLC_ABTF_DATASET_PATH"] = env["MLC_ABTF_DATASET_STORE_PATH"] = str(path)
+    else:
+        env["MLC_ABTF_DATASET_PATH"] = out_dir
 
 
-def _download(env, out_dir, split):
-    """The MLCommons preprocessed set of ``split`` (needs membership and a login)."""
+def _download(env, out_dir, split, store):
+    """The MLCommons preprocessed set of ``split`` (needs membership and a login); with ``--store=mmap``
+    converted once into ``<pickle folder>/mmap``."""
     from abtf_ssd import download
+    from abtf_ssd.mlc_scripts import env_int
+    from abtf_ssd.store import convert_pickles_to_store, default_store_dir
 
-    env["MLC_ABTF_DATASET_PATH"] = str(
-        download.fetch_dataset(
-            split,
-            out_dir,
-            env["MLC_ABTF_DOWNLOAD_TOOL"],
-            dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
-            interactive=env.get("MLC_QUIET") != "yes",
-        )
+    dry_run = env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes"
+    pickle_dir = download.fetch_dataset(
+        split,
+        out_dir,
+        env["MLC_ABTF_DOWNLOAD_TOOL"],
+        dry_run=dry_run,
+        interactive=env.get("MLC_QUIET") != "yes",
     )
+    env["MLC_ABTF_DATASET_PATH"] = str(pickle_dir)
+    if store != "mmap":
+        return
+    if dry_run:
+        samples = f"{env['MLC_ABTF_DATASET_PREFIX']}_<i>.pkl"
+        print(f"--store=mmap, then: abtf-ssd convert-store <the {samples} folder in {pickle_dir}>")
+        return
+    store_dir = convert_pickles_to_store(
+        pickle_dir,
+        default_store_dir(pickle_dir),
+        workers=env_int(env, "MLC_ABTF_WORKERS", "--workers") or 1,
+        prefix=env["MLC_ABTF_DATASET_PREFIX"],
+        progress=False,
+    )
+    env["MLC_ABTF_DATASET_PATH"] = env["MLC_ABTF_DATASET_STORE_PATH"] = str(store_dir)

@@ -19,9 +19,15 @@ def _process(env):
     result_dir = os.path.abspath(result_dir)
     out = env.get("MLC_ABTF_ACCURACY_TXT") or str(find_accuracy_log(result_dir).parent / ACCURACY_TXT)
     prefix = {"prefix": env["MLC_ABTF_DATASET_PREFIX"]} if env.get("MLC_ABTF_DATASET_PREFIX") else {}
+    dataset = env.get("MLC_ABTF_DATASET_PATH") or None
+    if dataset and env.get("MLC_ABTF_DATASET_STORE") == "mmap":
+        from abtf_ssd.store import find_store
+
+        # --store=mmap with a pickle folder: the run converted it; its ground truth reads without unpickling.
+        dataset = find_store(dataset) or dataset
     result = accuracy_main(
         result_dir=result_dir,
-        dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
+        dataset_path=dataset,
         out=os.path.abspath(out),
         **prefix,
     )

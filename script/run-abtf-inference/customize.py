@@ -85,6 +85,8 @@ def _run_in_container_only(env):
 
 def _request_problem(env, rules, sysinfo, divisions, check_device):
     """What makes this request impossible, or None."""
+    from abtf_ssd.store import check_store_kind
+
     model = env["MLC_ABTF_RUN_MODEL"]
     if model != rules.MODEL_NAME:
         return f"--model={model} is not supported; supported models: {rules.MODEL_NAME}"
@@ -95,6 +97,7 @@ def _request_problem(env, rules, sysinfo, divisions, check_device):
     if env["MLC_ABTF_SUBMISSION_DIVISION"] not in divisions:
         return f"--division={env['MLC_ABTF_SUBMISSION_DIVISION']}: use {' or '.join(divisions)}"
     try:
+        check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
         rules.get_round(env["MLC_ABTF_RUN_ROUND"])
         rules.loadgen_scenario(env["MLC_ABTF_RUN_SCENARIO"])
     except ValueError as e:
