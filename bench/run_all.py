@@ -340,11 +340,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         targeted = [row for row in bench["rows"] if row.get("met") is not None]
         met = sum(1 for row in targeted if row["met"])
         met_text = f"{met} / {len(targeted)}" if targeted else "-"
-        status = bench["status"]
-        if status == "skipped":
-            status = f"skipped: {_cell(bench.get('skipped', ''))}"
         lines.append(
-            f"| {bench['script']} | {status} | {len(bench['rows']) or '-'} | {met_text} | "
+            f"| {bench['script']} | {bench['status']} | {len(bench['rows']) or '-'} | {met_text} | "
             f"{bench['seconds']:.0f} |"
         )
     for bench in report["benchmarks"]:

@@ -43,7 +43,7 @@ def test_without_cuda_the_benchmark_is_skipped_and_reported_so(tmp_path: Path) -
     }
     markdown = run_all.render_markdown(report)
     assert "|" not in result.skipped and "\n" not in result.skipped  # shown as it is in a table cell
-    assert f"| bench_cuda.py | skipped: {result.skipped} | - | - |" in markdown
+    assert "| bench_cuda.py | skipped | - | - |" in markdown
     assert f"**skipped**: {result.skipped}" in markdown
     assert "| row | ours |" not in markdown, "no empty table for a skipped benchmark"
 
