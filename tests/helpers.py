@@ -43,3 +43,26 @@ def build_demo_val_set(
 def val_sample_names(folder: Path) -> list[str]:
     """Sorted names of the ``val_<i>.pkl`` files in ``folder``."""
     return sorted(p.name for p in folder.glob("val_*.pkl"))
+
+
+def store_kill_script(call: str) -> str:
+    """Python source that runs ``call`` (with ``abtf_ssd.store`` imported as ``store`` and the command
+    line in ``sys.argv``) and SIGKILLs itself when the store is about to commit sample 5: that
+    sample's bytes are on disk, the state that counts it in is not."""
+    return f"""
+import os, signal, sys
+
+from abtf_ssd import store
+
+real_write_json = store._write_json
+
+
+def write_or_die(path, data):
+    if data.get("filled") == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write_json(path, data)
+
+
+store._write_json = write_or_die
+{call}
+"""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from faults.support import run_python, tree_digest
+from helpers import store_kill_script
 
 from abtf_ssd import cli, preprocess, store
 from abtf_ssd.accuracy import ACCURACY_LOG, ACCURACY_TXT
@@ -95,25 +96,10 @@ def test_preprocess_store_pickle_is_the_default(tiny_dataset, tmp_path: Path) ->
         assert (out / name).read_bytes() == (tiny_dataset.preprocessed / name).read_bytes()
 
 
-KILL_DIRECT_WRITE = """
-import os, signal, sys
-
-from abtf_ssd import store
-
-real_write_json = store._write_json
-
-
-def write_or_die(path, data):
-    # Sample 5 is preprocessed and its bytes are on disk; the state that commits it is not.
-    if data.get("filled") == 6:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_write_json(path, data)
-
-
-store._write_json = write_or_die
-raw, split_csv, out = sys.argv[1:4]
-store.preprocess_to_store(raw, split_csv, out, "val", "demo", workers=1, progress=False)
-"""
+KILL_DIRECT_WRITE = store_kill_script(
+    "raw, split_csv, out = sys.argv[1:4]\n"
+    'store.preprocess_to_store(raw, split_csv, out, "val", "demo", workers=1, progress=False)'
+)
 
 
 def test_killed_direct_write_resumes_byte_identical(

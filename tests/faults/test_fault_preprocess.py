@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import build_demo_val_set, val_sample_names
+from helpers import build_demo_val_set, store_kill_script, val_sample_names
 
 from abtf_ssd import preprocess
 from abtf_ssd.config import DEMO_CONFIG, get_config
@@ -252,24 +252,9 @@ def test_missing_frame_mid_split_names_it_and_loses_nothing(tiny_dataset, tmp_pa
     assert tree_digest(out) == tree_digest(tiny_dataset.preprocessed)
 
 
-KILL_STORE_COMMIT = """
-import os, signal, sys
-
-from abtf_ssd import store
-
-real_write_json = store._write_json
-
-
-def write_or_die(path, data):
-    # Sample 5's image bytes and ground truth are on disk, the state that commits them is not.
-    if data.get("filled") == 6:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_write_json(path, data)
-
-
-store._write_json = write_or_die
-store.convert_pickles_to_store(sys.argv[1], sys.argv[2], workers=1, progress=False)
-"""
+KILL_STORE_COMMIT = store_kill_script(
+    "store.convert_pickles_to_store(sys.argv[1], sys.argv[2], workers=1, progress=False)"
+)
 
 
 def test_store_conversion_killed_mid_commit_resumes_byte_identical(long_reference, tmp_path):
