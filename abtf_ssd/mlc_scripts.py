@@ -36,6 +36,18 @@ def env_int(env: Mapping[str, Any], key: str, flag: str) -> int | None:
         raise ValueError(f"{flag} must be an integer, got {value!r}") from None
 
 
+STORE_ENV = "MLC_ABTF_DATASET_STORE"
+"""The env key of the ``--store`` input of the dataset script, the app and run-abtf-inference."""
+
+
+def env_store_kind(env: Mapping[str, Any]) -> str:
+    """``--store``: one of :data:`abtf_ssd.store.STORE_KINDS`, the first (pickle) when unset; a
+    ValueError for any other value."""
+    from abtf_ssd.store import STORE_KINDS, check_store_kind
+
+    return check_store_kind(env.get(STORE_ENV) or STORE_KINDS[0])
+
+
 def mlc_step(script: str, step: Callable[..., MlcResult | None], *args: Any) -> MlcResult:
     """Run one hook's work, ``step(*args)``, and answer mlcflow.
 

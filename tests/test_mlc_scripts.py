@@ -56,12 +56,17 @@ def exported(output: str, label: str) -> str:
     return found[-1]
 
 
-@pytest.fixture(scope="module")
-def mlc_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    home = tmp_path_factory.mktemp("mlc_home")
+def registered_mlc_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[dict[str, str], Path]:
+    """A fresh MLC home (its own repos folder and HOME) with this repository registered: (env, home)."""
+    home = tmp_path_factory.mktemp(name)
     env = mlc_env(home)
     register(env, home)
     return env, home
+
+
+@pytest.fixture(scope="module")
+def mlc_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    return registered_mlc_home(tmp_path_factory, "mlc_home")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

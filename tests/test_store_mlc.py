@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import finished_cache_entries
-from test_mlc_scripts import TINY_RAW, exported, mlc_env, mlcr, register
+from test_mlc_scripts import TINY_RAW, exported, mlcr, registered_mlc_home
 
 from abtf_ssd import cli
 from abtf_ssd.accuracy import ACCURACY_LOG, ACCURACY_TXT
@@ -23,10 +23,7 @@ CACHED_STATE = "mlc-cached-state.json"
 
 @pytest.fixture(scope="module")
 def mlc_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    home = tmp_path_factory.mktemp("mlc_store_home")
-    env = mlc_env(home)
-    register(env, home)
-    return env, home
+    return registered_mlc_home(tmp_path_factory, "mlc_store_home")
 
 
 def _dataset(env: dict[str, str], home: Path, *args: str) -> tuple[Path, str]:

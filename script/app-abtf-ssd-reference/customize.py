@@ -37,9 +37,10 @@ def predeps(i):
 
 
 def _check_request(env):
+    from abtf_ssd.mlc_scripts import env_store_kind
     from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
 
-    _store(env)
+    env_store_kind(env)
     framework = env["MLC_ABTF_RUN_FRAMEWORK"]
     problem = run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], env.get("MLC_ABTF_ML_MODEL_PATH"))
     if problem:
@@ -56,6 +57,7 @@ def preprocess(i):
 def _run(env):
     from abtf_ssd.cli import run_arguments
     from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
+    from abtf_ssd.mlc_scripts import env_store_kind
 
     options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
     if env.get("MLC_ABTF_RUN_DATASET_SOURCE", "").startswith("synthetic") and not env.get(
@@ -71,7 +73,7 @@ def _run(env):
             options = dataclasses.replace(options, audit_config=audit_config)
         # LoadGen runs in a process of its own: a crash there cannot take mlcflow down with it.
         command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
-        if _store(env) == "mmap":
+        if env_store_kind(env) == "mmap":
             command += ["--store", "mmap"]  # a pickle folder is converted once into <folder>/mmap
         if subprocess.run(command, check=False).returncode != 0:
             raise RuntimeError(f"the {options.mode} run failed (see above)")
@@ -112,13 +114,6 @@ def _given_options(env):
         except ValueError:
             raise ValueError(f"--target_latency={latency_ms!r} is not a number of milliseconds") from None
     return options
-
-
-def _store(env):
-    """--store: pickle (the default) or mmap."""
-    from abtf_ssd.store import check_store_kind
-
-    return check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
 
 
 def _dataset(env):

@@ -24,14 +24,9 @@ def preprocess(i):
 
 
 def _check_store(env):
-    _store(env)
+    from abtf_ssd.mlc_scripts import env_store_kind
 
-
-def _store(env):
-    """--store: pickle (the default) or mmap."""
-    from abtf_ssd.store import check_store_kind
-
-    return check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
+    env_store_kind(env)
 
 
 def _get_preprocessed(env):
@@ -41,7 +36,9 @@ def _get_preprocessed(env):
     split = env["MLC_ABTF_DATASET_SPLIT"]
     prefix = cognata.SPLIT_PREFIXES[split]
     source = env["MLC_ABTF_DATASET_SOURCE"]
-    store = _store(env)
+    from abtf_ssd.mlc_scripts import env_store_kind
+
+    store = env_store_kind(env)
     env["MLC_ABTF_DATASET_PREFIX"] = prefix
     if source == "mlc":
         _download(env, out_dir, split, store)
@@ -82,7 +79,7 @@ def _download(env, out_dir, split, store):
     converted once into ``<pickle folder>/mmap``."""
     from abtf_ssd import download
     from abtf_ssd.mlc_scripts import env_int
-    from abtf_ssd.store import convert_pickles_to_store, default_store_dir
+    from abtf_ssd.store import prepare_store
 
     dry_run = env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes"
     pickle_dir = download.fetch_dataset(
@@ -99,11 +96,10 @@ def _download(env, out_dir, split, store):
         samples = f"{env['MLC_ABTF_DATASET_PREFIX']}_<i>.pkl"
         print(f"--store=mmap, then: abtf-ssd convert-store <the {samples} folder in {pickle_dir}>")
         return
-    store_dir = convert_pickles_to_store(
+    store_dir = prepare_store(
         pickle_dir,
-        default_store_dir(pickle_dir),
+        env["MLC_ABTF_DATASET_PREFIX"],
         workers=env_int(env, "MLC_ABTF_WORKERS", "--workers") or 1,
-        prefix=env["MLC_ABTF_DATASET_PREFIX"],
         progress=False,
     )
     env["MLC_ABTF_DATASET_PATH"] = env["MLC_ABTF_DATASET_STORE_PATH"] = str(store_dir)

@@ -11,6 +11,7 @@ def preprocess(i):
 
 def _process(env):
     from abtf_ssd.accuracy import ACCURACY_TXT, accuracy_main, find_accuracy_log, format_accuracy
+    from abtf_ssd.mlc_scripts import STORE_ENV
 
     # Inside run-abtf-inference the accuracy run of app-abtf-ssd-reference has just written its folder.
     result_dir = env.get("MLC_ABTF_ACCURACY_RESULT_DIR") or env.get("MLC_ABTF_APP_ACCURACY_DIR", "")
@@ -20,7 +21,7 @@ def _process(env):
     out = env.get("MLC_ABTF_ACCURACY_TXT") or str(find_accuracy_log(result_dir).parent / ACCURACY_TXT)
     prefix = {"prefix": env["MLC_ABTF_DATASET_PREFIX"]} if env.get("MLC_ABTF_DATASET_PREFIX") else {}
     dataset = env.get("MLC_ABTF_DATASET_PATH") or None
-    if dataset and env.get("MLC_ABTF_DATASET_STORE") == "mmap":
+    if dataset and env.get(STORE_ENV) == "mmap":
         from abtf_ssd.store import find_store
 
         # --store=mmap with a pickle folder: the run converted it; its ground truth reads without unpickling.

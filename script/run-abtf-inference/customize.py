@@ -85,7 +85,7 @@ def _run_in_container_only(env):
 
 def _request_problem(env, rules, sysinfo, divisions, check_device):
     """What makes this request impossible, or None."""
-    from abtf_ssd.store import check_store_kind
+    from abtf_ssd.mlc_scripts import env_store_kind
 
     model = env["MLC_ABTF_RUN_MODEL"]
     if model != rules.MODEL_NAME:
@@ -97,7 +97,7 @@ def _request_problem(env, rules, sysinfo, divisions, check_device):
     if env["MLC_ABTF_SUBMISSION_DIVISION"] not in divisions:
         return f"--division={env['MLC_ABTF_SUBMISSION_DIVISION']}: use {' or '.join(divisions)}"
     try:
-        check_store_kind(env.get("MLC_ABTF_DATASET_STORE") or "pickle")
+        env_store_kind(env)
         rules.get_round(env["MLC_ABTF_RUN_ROUND"])
         rules.loadgen_scenario(env["MLC_ABTF_RUN_SCENARIO"])
     except ValueError as e:
