@@ -154,6 +154,12 @@ def _show(**options: Any) -> None:
     print(render(**options))
 
 
+def _plan(**options: Any) -> None:
+    from abtf_ssd.plan import main_action
+
+    main_action(**options)
+
+
 def _sysinfo(out: str | None = None, **options: Any) -> None:
     from abtf_ssd.sysinfo import collect, write_sut_info
 
@@ -332,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--max-predictions", "max_predictions", "most predictions drawn", type=int)
     _opt(p, "--prefix", "prefix", "sample file prefix")
     p.set_defaults(handler=_show)
+
+    from abtf_ssd.plan import ACTIONS
+
+    p = sub.add_parser("plan", help="run a submission plan (automation/plans/*.yaml), its status or estimate")
+    p.add_argument("action", choices=ACTIONS, help="run | status | estimate")
+    p.add_argument("plan_file", help="the plan (YAML): automation/README.md")
+    _opt(p, "--output", "output", "output folder (default: the plan's output, else <plan name>-submission)")
+    _opt(p, "--max-hours", "max_hours", "refuse a plan estimated longer than this", type=float)
+    _opt(p, "--latency-ms", "latency_ms", "latency of one query for the estimate", type=float)
+    _opt(p, "--official-tools", "official_tools", "unpacked mlperf_automotive: also run its checker (run)")
+    p.set_defaults(handler=_plan)
 
     p = sub.add_parser("sysinfo", help="describe this system (mlc-sut-info.json)")
     _opt(p, "--out", "out", "file to write (default: print)")

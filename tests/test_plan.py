@@ -1,0 +1,352 @@
+"""Submission plans (abtf_ssd.plan, ``abtf-ssd plan``): the demo plan end to end through the real CLI,
+resume after SIGINT and SIGKILL, a changed model, malformed plans, and the estimate of the templates.
+
+The demo plan (automation/plans/demo.yaml) runs ONNX Runtime and PyTorch, SingleStream, test mode,
+on 8 synthetic frames: real LoadGen, real backends, a real submission tree and tarball.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from abtf_ssd import checker, plan
+from abtf_ssd.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+PLANS = REPO / "automation" / "plans"
+DEMO = PLANS / "demo.yaml"
+ABTF_SSD = Path(sys.executable).parent / "abtf-ssd"
+ORT_SYSTEM, TORCH_SYSTEM = "demo-cpu-onnxruntime-cpu", "demo-cpu-pytorch-cpu"
+RUN_TIMEOUT_S = 900
+
+
+def _plan_command(*args: str) -> list[str]:
+    return [str(ABTF_SSD), "plan", *args]
+
+
+def _run_cli(args: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        _plan_command(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    if ok:
+        assert proc.returncode == 0, (
+            f"{args} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}"
+        )
+    return proc
+
+
+def _scenario(output: Path, system: str) -> Path:
+    return output / "results" / system / "ssd" / "SingleStream"
+
+
+def _run_files(output: Path, system: str) -> dict[Path, int]:
+    """mtime of every file a system's runs wrote (LoadGen logs, results.json, markers)."""
+    return {p: p.stat().st_mtime_ns for p in sorted(_scenario(output, system).rglob("*")) if p.is_file()}
+
+
+def _tar_names(tarball: Path) -> list[str]:
+    with tarfile.open(tarball) as archive:
+        return sorted(archive.getnames())
+
+
+def _assert_tarball_passes(tarball: Path, where: Path) -> None:
+    with tarfile.open(tarball) as archive:
+        archive.extractall(where, filter="data")
+    assert checker.check_submission(where / "submission", "v0.5", allow_test_mode=True) == []
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo plan run once, uninterrupted, through the real ``abtf-ssd`` console script."""
+    home = tmp_path_factory.mktemp("plan_demo")
+    started = time.monotonic()
+    proc = _run_cli(["run", str(DEMO), "--output", "out"], cwd=home)
+    (home / "wall_s.txt").write_text(f"{time.monotonic() - started:.1f}\n")
+    (home / "stdout.txt").write_text(proc.stdout)
+    return home / "out"
+
+
+def test_demo_plan_end_to_end_makes_a_checked_tarball(demo_output: Path, tmp_path: Path) -> None:
+    stdout = (demo_output.parent / "stdout.txt").read_text()
+    summary = json.loads((demo_output / plan.SUMMARY_NAME).read_text())
+    tarball = Path(summary["tarball"])
+    assert tarball == demo_output / "submission.tar.gz" and tarball.is_file()
+    assert summary["tarball_sha256"] == checker.sha256_file(tarball)
+    assert f"sha256 {summary['tarball_sha256']}" in stdout
+    assert sorted(summary["ran"]) == sorted(
+        f"{system} SingleStream {mode}"
+        for system in (ORT_SYSTEM, TORCH_SYSTEM)
+        for mode in ("performance", "accuracy")
+    )
+    rows = {row["system"]: row for row in summary["rows"]}
+    assert set(rows) == {ORT_SYSTEM, TORCH_SYSTEM}
+    for row in rows.values():
+        assert row["scenario"] == "SingleStream" and row["verdict"] == "pass"
+        assert row["map"] is not None and row["map"] > 0.5  # the committed demo weights detect
+        assert row["metric_ms"] > 0 and row["result"] == "INVALID"  # 8 queries: test mode
+    for system in (ORT_SYSTEM, TORCH_SYSTEM):
+        marker = json.loads((_scenario(demo_output, system) / "accuracy" / plan.MARKER_NAME).read_text())
+        assert marker["identity"]["framework"] in system and len(marker["identity"]["model_sha256"]) == 64
+    _assert_tarball_passes(tarball, tmp_path)
+
+    status = _run_cli(["status", str(DEMO), "--output", str(demo_output)], cwd=tmp_path).stdout
+    assert "runs done 4/4; left 0" in status and summary["tarball_sha256"] in status
+
+
+def test_sigint_then_sigkill_in_the_second_run_resume(demo_output: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    torch_performance = _scenario(output, TORCH_SYSTEM) / "performance" / "run_1"
+    command = _plan_command("run", str(DEMO), "--output", str(output))
+
+    def interrupt(sig: signal.Signals) -> tuple[int, str]:
+        """Start the plan and send ``sig`` once LoadGen has started the PyTorch performance run."""
+        started = time.time_ns()
+        log = tmp_path / f"log-{sig.name}.txt"
+        with log.open("w") as handle:
+            child = subprocess.Popen(command, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
+            detail = torch_performance / "mlperf_log_detail.txt"
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (detail.is_file() and detail.stat().st_mtime_ns > started):
+                assert child.poll() is None, (
+                    f"the plan ended before its second run:\n{log.read_text()[-4000:]}"
+                )
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            child.send_signal(sig)
+            return child.wait(timeout=120), log.read_text()
+
+    returncode, log = interrupt(signal.SIGINT)
+    assert returncode == 130, log[-4000:]
+    assert "rerun to resume" in log
+    ort_files = _run_files(output, ORT_SYSTEM)
+    assert ort_files and not (torch_performance / plan.MARKER_NAME).exists()
+
+    returncode, log = interrupt(signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
+    assert f"{ORT_SYSTEM} SingleStream performance: finished before, kept" in log
+    assert _run_files(output, ORT_SYSTEM) == ort_files
+    status = _run_cli(["status", str(DEMO), "--output", str(output)], cwd=tmp_path).stdout
+    assert f"done        {ORT_SYSTEM} SingleStream accuracy" in status
+    assert f"interrupted {TORCH_SYSTEM} SingleStream performance" in status
+    assert "runs done 2/4; left 2" in status
+
+    stdout = _run_cli(["run", str(DEMO), "--output", str(output)], cwd=tmp_path).stdout
+    assert "runs: 2 ran, 2 kept from before" in stdout
+    assert _run_files(output, ORT_SYSTEM) == ort_files  # the first run was not redone
+    assert (torch_performance / plan.MARKER_NAME).is_file()
+    tarball = output / "submission.tar.gz"
+    assert _tar_names(tarball) == _tar_names(demo_output / "submission.tar.gz")
+    _assert_tarball_passes(tarball, tmp_path / "extracted")
+
+
+def test_a_changed_model_reruns_only_its_runs(
+    demo_output: Path, demo_onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(demo_output, output)  # copy2: the mtimes stay
+    onnx_models = list((output / "sources").rglob("*.onnx"))
+    assert len(onnx_models) == 1
+    shutil.copyfile(demo_onnx_model, onnx_models[0])  # other weights: a changed model file
+    ort_before, torch_before = _run_files(output, ORT_SYSTEM), _run_files(output, TORCH_SYSTEM)
+
+    assert cli_main(["plan", "run", str(DEMO), "--output", str(output)]) == 0
+
+    stdout = capsys.readouterr().out
+    assert "model_sha256 changed" in stdout
+    assert _run_files(output, TORCH_SYSTEM) == torch_before
+    ort_after = _run_files(output, ORT_SYSTEM)
+    for name in (
+        "performance/run_1/plan-run.json",
+        "accuracy/plan-run.json",
+        "accuracy/mlperf_log_accuracy.json",
+    ):
+        path = _scenario(output, ORT_SYSTEM) / name
+        assert ort_after[path] > ort_before[path], name
+    summary = json.loads((output / plan.SUMMARY_NAME).read_text())
+    assert sorted(summary["ran"]) == [
+        f"{ORT_SYSTEM} SingleStream accuracy",
+        f"{ORT_SYSTEM} SingleStream performance",
+    ]
+
+
+GOOD = {
+    "round": "v0.5",
+    "division": "open",
+    "submitter": "org",
+    "systems": [
+        {
+            "name": "sut",
+            "runs": [
+                {
+                    "framework": "onnxruntime",
+                    "device": "cpu",
+                    "scenarios": ["SingleStream"],
+                    "source": "synthetic",
+                }
+            ],
+        }
+    ],
+}
+
+
+def _with(path: tuple[str | int, ...], value: object, delete: bool = False) -> dict:
+    data = json.loads(json.dumps(GOOD))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if delete:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+RUN = ("systems", 0, "runs", 0)
+MALFORMED = [
+    (_with(("rounds",), "v0.5"), "rounds: unknown key; allowed: round, division"),
+    (_with(("round",), "v0.7"), "round: 'v0.7' is not allowed; allowed: v0.5, v1.0"),
+    (_with(("division",), "closd"), "division: 'closd' is not allowed; allowed: closed, open"),
+    (_with(("submitter",), "my org"), "submitter: 'my org' is not a name"),
+    (_with(("status",), "final"), "status: 'final' is not allowed; allowed: hardened, development"),
+    (_with(("systems",), []), "systems: expected a non-empty list"),
+    (_with(("systems", 0, "runs"), {}), "systems[0].runs: expected a non-empty list"),
+    (
+        _with((*RUN, "framework"), ["onnxruntime", "tensorflow"]),
+        "framework[1]: 'tensorflow' is not allowed; allowed: onnxruntime, pytorch",
+    ),
+    (
+        _with((*RUN, "device"), "gpu 0"),
+        "systems[0].runs[0].device: 'gpu 0' is not allowed; allowed: cpu, cuda, cuda:N",
+    ),
+    (
+        _with((*RUN, "scenarios"), ["Offline"]),
+        "scenarios[0]: 'Offline' is not allowed; allowed: SingleStream, ConstantStream",
+    ),
+    (_with((*RUN, "source"), "s3"), "source.kind: 's3' is not allowed; allowed: mlc, local, synthetic"),
+    (
+        _with((*RUN, "source"), {"kind": "mlc", "download_tool": "wget"}),
+        "download_tool: 'wget' is not allowed; allowed: rclone, r2-downloader",
+    ),
+    (
+        _with((*RUN, "source"), {"kind": "local", "model": "m.onnx"}),
+        "systems[0].runs[0].source.dataset: missing",
+    ),
+    (
+        _with((*RUN, "source"), {"kind": "synthetic", "frame": 3}),
+        "source.frame: unknown key; allowed: kind, frames, seed",
+    ),
+    (_with((*RUN, "threads"), 0), "systems[0].runs[0].threads: 0 is not allowed; allowed: a positive int"),
+    (_with((*RUN, "execution_mode"), "fast"), "execution_mode: 'fast' is not allowed; allowed: test, valid"),
+    (_with((*RUN, "scenarios"), None, delete=True), "systems[0].runs[0].scenarios: missing"),
+    (_with((*RUN, "batchsize"), 2), "systems[0].runs[0].batchsize: unknown key; allowed: framework, device"),
+    (_with(("systems",), GOOD["systems"] * 2), "systems[1].name: system 'sut' is planned twice"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), MALFORMED)
+def test_malformed_plans_are_refused_naming_the_key(tmp_path: Path, data: dict, expected: str) -> None:
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    started = time.monotonic()
+    with pytest.raises(plan.PlanError) as error:
+        plan.load_plan(path)
+    assert time.monotonic() - started < 1.0
+    assert str(error.value).startswith(f"plan {path}: ")
+    assert expected in str(error.value)
+
+
+def test_a_malformed_plan_is_refused_by_the_cli_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("round: v0.5\ndivision: open\nsubmitter: org\nsystems: [\n")
+    started = time.monotonic()
+    proc = _run_cli(["run", str(path), "--output", "out"], cwd=tmp_path, ok=False)
+    assert time.monotonic() - started < 10  # generous: the interpreter's start on a busy machine
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert (
+        proc.stderr.startswith(f"abtf-ssd plan: error: plan {path} line ") and "not valid YAML" in proc.stderr
+    )
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = _run_cli(["run", str(tmp_path / "missing.yaml")], cwd=tmp_path, ok=False)
+    assert proc.stderr == f"abtf-ssd plan: error: plan {tmp_path / 'missing.yaml'}: no such file\n"
+
+
+# Hand arithmetic at 20 s a query (an 8 MP frame on a CPU), closed division: find-performance
+# 10 queries = 200 s; performance and TEST01 6636 queries each = 132720 s; accuracy 6000 frames =
+# 120000 s. ConstantStream: performance and TEST01 100000 queries = 2000000 s each.
+SINGLE_STREAM_S = 200 + 132720 + 120000 + 132720
+CONSTANT_STREAM_S = 200 + 2000000 + 120000 + 2000000
+
+
+@pytest.mark.parametrize(
+    ("name", "seconds"),
+    [
+        ("cpu-v0.5", SINGLE_STREAM_S),
+        ("cpu-v1.0", SINGLE_STREAM_S),
+        ("cuda-v0.5", SINGLE_STREAM_S + CONSTANT_STREAM_S),
+        ("cuda-v1.0", SINGLE_STREAM_S + CONSTANT_STREAM_S),
+    ],
+)
+def test_estimate_of_the_templates(tmp_path: Path, name: str, seconds: int) -> None:
+    template = plan.load_plan(PLANS / f"{name}.yaml", tmp_path)
+    assert template.division == "closed"
+    estimates = plan.estimate(template, latency_ms=20000)
+    assert sum(e.seconds or 0 for e in estimates) == pytest.approx(seconds)
+    assert plan.total_hours(estimates) == pytest.approx(seconds / 3600)
+    stdout = _run_cli(["estimate", str(PLANS / f"{name}.yaml"), "--latency-ms", "20000"], cwd=tmp_path).stdout
+    assert stdout.splitlines()[-1].split()[-1] == f"{seconds / 3600:.2f}"
+
+
+def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
+    """15 ms a query: SingleStream runs 600 s (40000 queries); ConstantStream issues 100000 queries
+    at 15 a second (111 minutes); accuracy is 6000 frames at the latency."""
+    template = plan.load_plan(PLANS / "cuda-v1.0.yaml", tmp_path)
+    by_label = {e.step.label: e for e in plan.estimate(template, latency_ms=15)}
+    single = by_label["gpu-onnxruntime SingleStream performance"]
+    assert (single.queries, single.seconds) == (40000, pytest.approx(600))
+    constant = by_label["gpu-onnxruntime ConstantStream performance"]
+    assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 15))
+    assert by_label["gpu-onnxruntime ConstantStream accuracy"].seconds == pytest.approx(6000 / 15)
+    assert by_label["gpu-onnxruntime SingleStream accuracy"].seconds == pytest.approx(90)
+
+
+def test_max_hours_refuses_before_anything_is_written(tmp_path: Path) -> None:
+    args = [
+        "run",
+        str(PLANS / "cpu-v0.5.yaml"),
+        "--output",
+        "out",
+        "--latency-ms",
+        "20000",
+        "--max-hours",
+        "100",
+    ]
+    proc = _run_cli(args, cwd=tmp_path, ok=False)
+    assert proc.returncode == 1
+    assert "estimated 107.1 h for the runs left, over --max-hours 100" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = _run_cli(["run", str(DEMO), "--output", "out", "--max-hours", "1"], cwd=tmp_path, ok=False)
+    assert "--max-hours needs a latency for every run left" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_automation_is_not_a_python_package() -> None:
+    """mlcflow's own script engine is the top-level package ``automation``."""
+    assert not list((REPO / "automation").rglob("*.py"))
