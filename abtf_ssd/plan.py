@@ -781,11 +781,11 @@ def estimate(
 ) -> list[StepEstimate]:
     """Queries and seconds of each step (all of the plan's, or ``steps``)."""
     estimates = []
-    latencies: dict[PlannedRun, Latency] = {}
+    latencies: dict[str, Latency] = {}
     for step in steps if steps is not None else plan_steps(plan):
-        if step.run not in latencies:
-            latencies[step.run] = run_latency(plan, step.run, latency_ms)
-        latency = latencies[step.run].ms
+        if step.run.label not in latencies:
+            latencies[step.run.label] = run_latency(plan, step.run, latency_ms)
+        latency = latencies[step.run.label].ms
         seconds = step_seconds(plan, step, latency) if latency is not None else None
         estimates.append(StepEstimate(step, step_queries(plan, step, latency), seconds))
     return estimates
