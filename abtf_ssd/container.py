@@ -6,11 +6,17 @@
 - ``docker build`` of ``docker/Dockerfile.<device>``, only when the image is missing: its tag holds a
   hash of the Dockerfile, the files the Dockerfile installs and the bundle version, so an edit to any
   of them (and nothing else) means a new image;
-- ``docker run`` of the same mlcr command without its ``--docker*`` flags: non-interactive
+- ``docker run`` of the same request without its ``--docker*`` inputs: non-interactive
   (``--quiet``, no terminal), as the host's numeric user and group so the files it writes belong to
   whoever ran it, with the results folder and an MLC cache kept for containers mounted read-write, and
   the dataset and model (fetched on the host first when ``MLC_USE_*_FROM_HOST`` say so) mounted
   read-only, the inner command pointing at their mount points.
+
+The same request: sys.argv of the mlcr process no longer holds it (mlcflow's ``mlcr`` turns it into
+``mlc run script ...``), so the request is what mlcflow parsed: its record of the command line,
+``mlc_run_cmd``, read by :func:`parse_mlc_command` with mlcflow's rules and checked against the inputs
+mlcflow hands the script (:func:`request_from_mlc_input`); :func:`mlc_arguments` writes it back as a
+command line that mlcflow parses into the same tags, variations and inputs.
 
 Commands are argument lists, never shell strings, so a path with spaces, quotes or ``$(...)`` reaches
 docker as one argument. ``--docker_dryrun`` prints them (shell-quoted) and writes the Dockerfile next
@@ -29,7 +35,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .fileio import atomic_write_text
@@ -37,6 +43,8 @@ from .fileio import atomic_write_text
 DEVICES = ("cpu", "cuda")
 DOCKER = "docker"
 IMAGE_NAME = "abtf-ssd"
+PYPI_LOADGEN = "mlcommons-loadgen"
+"""PyPI's LoadGen distribution: the inference LoadGen, without ConstantStream."""
 BUNDLE_ROOT = Path(__file__).resolve().parent.parent
 
 # Where the host folders appear inside the container.
@@ -177,62 +185,191 @@ def image_tag(dockerfile: Path, version: str = __version__, device: str | None =
     return f"{IMAGE_NAME}:{version}-{device}-{digest.hexdigest()[:12]}"
 
 
-def _flag_name(argument: str) -> str | None:
-    """``--docker-dryrun=yes`` -> ``docker_dryrun``; ``None`` for anything that is not a ``--`` flag."""
-    if not argument.startswith("--"):
-        return None
-    name = argument[2:].split("=", 1)[0]
-    return name if "." in name else name.replace("-", "_")
+def flag_value(flag: str, value: object) -> bool:
+    """An MLC yes/no input (``--docker_dryrun``, ``--docker_dryrun=no``) as a bool.
 
-
-def _is_docker_flag(argument: str) -> bool:
-    name = _flag_name(argument)
-    return name is not None and (name == "docker" or name.startswith("docker_"))
-
-
-def _flag_bool(argument: str) -> bool:
-    value = argument.partition("=")[2].strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{argument}: expected yes/no, true/false, on/off or 1/0")
-
-
-def docker_options(mlcr_argv: Sequence[str]) -> DockerOptions:
-    """Read ``--docker_dryrun``, ``--docker_rebuild`` and ``--docker_image=<tag>`` off a command line."""
-    dry_run = rebuild = False
-    image = None
-    for argument in mlcr_argv[1:]:
-        name = _flag_name(argument)
-        if name == "docker_dryrun":
-            dry_run = _flag_bool(argument)
-        elif name == "docker_rebuild":
-            rebuild = _flag_bool(argument)
-        elif name == "docker_image":
-            image = argument.partition("=")[2] or None
-    return DockerOptions(dry_run=dry_run, rebuild=rebuild, image=image)
-
-
-def inner_command(mlcr_argv: Sequence[str], replacements: Mapping[str, str]) -> list[str]:
-    """The mlcr command to run in the container.
-
-    Drops ``--docker`` and every ``--docker_*`` flag, replaces the flags named in ``replacements`` (a
-    flag name -> its new value) and makes the run non-interactive (``--quiet``); everything else is
-    kept in order.
+    A ValueError names ``flag`` for any other value.
     """
-    if not mlcr_argv:
+    text = "" if value is True else str(value).strip().lower()
+    if value is True or text in _TRUE:
+        return True
+    if value is False or text in _FALSE:
+        return False
+    raise ValueError(f"{flag}={value}: expected yes or no (true/false, on/off, 1/0)")
+
+
+# -- the request as mlcflow parsed it, and a command line that mlcflow parses the same way ----------------
+
+MlcValue = str | bool | list[str] | dict[str, "MlcValue"]
+"""An input as mlcflow parses it: ``--a=x`` a string, ``--a`` True, ``--a,=x,y`` a list, ``--a.b=x``
+a dict."""
+
+# Keys mlcflow adds to a run's input itself: never typed by the user.
+_MLCFLOW_KEYS = ("mlc_run_cmd", "details")
+# Inputs mlcflow keeps as live dicts and changes during the run (so only their presence is compared).
+_LIVE_KEYS = ("env", "state", "const", "const_state", "adr", "add_deps_recursive", "ad", "add_deps")
+# mlcflow's log level flags: taken off the command line before the inputs are parsed.
+_LOG_FLAGS = {"-v": "--verbose", "--verbose": "--verbose", "-s": "--silent", "--silent": "--silent"}
+
+
+@dataclass(frozen=True)
+class MlcRequest:
+    """One ``mlcr`` request as mlcflow parses it: the tags (script tags and ``_variations``), the inputs,
+    and mlcflow's log level flags (``--verbose`` / ``--silent``), which are not inputs."""
+
+    tags: str
+    inputs: Mapping[str, MlcValue]
+    log_flags: tuple[str, ...] = ()
+
+    @property
+    def variations(self) -> list[str]:
+        """The ``_variation`` tags, in the order given, without the underscore."""
+        return [tag[1:] for tag in self.tags.split(",") if tag.startswith("_")]
+
+
+def _input_name(argument: str) -> str:
+    """``--docker-dryrun=yes`` -> ``--docker_dryrun=yes``: mlcflow's spelling of a ``--`` flag's name
+    (``-`` read as ``_`` unless the name holds a ``.``)."""
+    name, equals, value = argument[2:].partition("=")
+    return f"--{name if '.' in name else name.replace('-', '_')}{equals}{value}"
+
+
+def _put(inputs: dict[str, MlcValue], argument: str) -> None:
+    """Add one ``-``/``--`` argument to ``inputs`` the way mlcflow reads it."""
+    if "=" not in argument:
+        if argument.startswith("--"):
+            inputs[argument.strip("-")] = True
+        else:
+            inputs.update(dict.fromkeys(argument.lstrip("-"), True))
+        return
+    key, value = argument.split("=", 1)
+    key = key.strip("-")
+    if "," in key:
+        list_key, _, tail = key.rpartition(",")
+        if not tail:
+            inputs[list_key] = value.split(",")
+        return  # mlcflow ignores ``--a,b=x``
+    if "." in key:
+        *parents, leaf = key.split(".")
+        node: dict[str, MlcValue] = inputs
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]  # type: ignore[assignment]
+        node[leaf] = value
+        return
+    inputs[key] = value
+
+
+def parse_mlc_command(words: Sequence[str]) -> MlcRequest:
+    """The request of ``mlcr <tags> [inputs]`` or ``mlc run script <tags> [inputs]`` (argv words).
+
+    The tags must come first, as in every documented command; ``--tags=...`` replaces them. Bare words
+    after the tags are ignored, as mlcflow ignores them.
+    """
+    if not words:
         raise ValueError("the mlcr command line is empty")
-    program = Path(mlcr_argv[0]).name or "mlcr"
-    kept = [
-        argument
-        for argument in mlcr_argv[1:]
-        if not _is_docker_flag(argument) and _flag_name(argument) not in replacements
-    ]
-    kept += [f"--{name}={value}" for name, value in replacements.items()]
-    if not any(_flag_name(argument) == "quiet" for argument in kept):
-        kept.append("--quiet")
-    return [program, *kept]
+    rest = list(words[1:])
+    if Path(words[0]).name != "mlcr":
+        if rest[:2] != ["run", "script"]:
+            raise ValueError(f"not an mlcr or mlc run script command: {shlex.join(words)}")
+        rest = rest[2:]
+    if not rest or rest[0].startswith("-"):
+        raise ValueError(f"no tags right after the command: {shlex.join(words)}")
+    details, arguments = rest[0], rest[1:]
+    inputs: dict[str, MlcValue] = {}
+    log_flags: list[str] = []
+    for argument in arguments:
+        if argument.startswith("--"):
+            argument = _input_name(argument)
+        if argument in _LOG_FLAGS:
+            log_flags.append(_LOG_FLAGS[argument])
+        elif argument.startswith("-"):
+            _put(inputs, argument)
+    tags = inputs.pop("tags", None)
+    return MlcRequest(
+        tags=tags if isinstance(tags, str) and tags else details, inputs=inputs, log_flags=tuple(log_flags)
+    )
+
+
+def _flag_arguments(key: str, value: MlcValue) -> list[str]:
+    """``--key...`` arguments for one input: ``--key``, ``--key=value``, ``--key,=a,b``, ``--key.sub=...``."""
+    if value is True:
+        return [f"--{key}"]
+    if isinstance(value, str):
+        return [f"--{key}={value}"]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [f"--{key},={','.join(value)}"]
+    if isinstance(value, dict):
+        return [
+            argument
+            for sub_key, sub_value in value.items()
+            for argument in _flag_arguments(f"{key}.{sub_key}", sub_value)
+        ]
+    raise ValueError(f"the input {key}={value!r} cannot be written as an mlcr argument")
+
+
+def mlc_arguments(request: MlcRequest) -> list[str]:
+    """The arguments after ``mlcr`` that mlcflow parses back into ``request``: the tags, then one
+    ``--name`` / ``--name=value`` / ``--name,=a,b`` / ``--a.b=value`` per input, then the log flags.
+
+    A ValueError for a request no command line gives (checked by parsing the arguments back).
+    """
+    if not request.tags or request.tags.startswith("-"):
+        raise ValueError(f"tags {request.tags!r} cannot be the first mlcr argument")
+    arguments = [request.tags]
+    for key, value in request.inputs.items():
+        arguments += _flag_arguments(key, value)
+    parsed = parse_mlc_command(["mlcr", *arguments])
+    if (parsed.tags, parsed.inputs) != (request.tags, dict(request.inputs)):
+        raise ValueError(f"no mlcr command line gives the inputs {dict(request.inputs)}")
+    return arguments + list(request.log_flags)
+
+
+def request_from_mlc_input(run_input: Mapping[str, Any]) -> MlcRequest:
+    """The user's request from a script's ``i["input"]``: mlcflow's record of the command line
+    (``mlc_run_cmd``) parsed, checked against what mlcflow parsed itself (``tags`` and every input).
+
+    mlcflow changes the ``env`` dict during the run, so the command line is the only record of the
+    ``--env.*`` inputs. A ValueError when the two differ (inputs from ``--mlc_input_file`` or
+    ``MLC_SCRIPT_EXTRA_CMD``) or when there is no command line (a call from Python).
+    """
+    command = run_input.get("mlc_run_cmd")
+    if not command:
+        raise ValueError("--docker needs the mlcr command line; run the request with mlcr")
+    request = parse_mlc_command(shlex.split(command))
+    if request.tags != run_input.get("tags"):
+        raise ValueError(
+            f"--docker: mlcflow runs tags {run_input.get('tags')!r}, the command line says {request.tags!r}"
+        )
+    ignored = (*_MLCFLOW_KEYS, "tags")
+    differing = sorted(
+        key
+        for key in (set(run_input) | set(request.inputs)) - set(ignored)
+        if key not in request.inputs
+        or key not in run_input
+        or (key not in _LIVE_KEYS and run_input[key] != request.inputs[key])
+    )
+    if differing:
+        raise ValueError(
+            f"--docker: the inputs {', '.join(differing)} differ from the mlcr command line (an input "
+            "file or MLC_SCRIPT_EXTRA_CMD?); give every input on the command line"
+        )
+    return request
+
+
+def inner_command(request: MlcRequest, replacements: Mapping[str, str]) -> list[str]:
+    """The mlcr command to run in the container: ``request`` without ``--docker`` and the ``--docker_*``
+    inputs, the inputs named in ``replacements`` (input name -> new value) replaced, and ``--quiet``
+    (nothing interactive)."""
+    inputs = {
+        key: value
+        for key, value in request.inputs.items()
+        if key != "docker" and not key.startswith("docker_") and key not in replacements
+    }
+    inputs.update(replacements)
+    inputs["quiet"] = True
+    return ["mlcr", *mlc_arguments(MlcRequest(request.tags, inputs, request.log_flags))]
 
 
 def _host_path(path: str | os.PathLike[str], what: str, must_exist: bool) -> Path:
@@ -255,7 +392,7 @@ def _read_only_mount(host: Path, container_dir: str) -> Mount:
 
 
 def plan_docker_run(
-    mlcr_argv: Sequence[str],
+    request: MlcRequest,
     device: str,
     results_dir: str | os.PathLike[str],
     mlc_cache_dir: str | os.PathLike[str],
@@ -269,7 +406,7 @@ def plan_docker_run(
     bundle_root: str | os.PathLike[str] | None = None,
     user: str | None = None,
 ) -> DockerPlan:
-    """Plan the build and run of ``mlcr_argv`` (``sys.argv`` of the mlcr process) in a container.
+    """Plan the build and run of ``request`` (the user's mlcr request) in a container on ``device``.
 
     ``mlc_cache_dir``: a host folder kept for the containers' MLC cache (mounted as the image's
     ``$MLC_REPOS/local/cache``); not the host's own cache, whose entries point at host paths.
@@ -277,8 +414,7 @@ def plan_docker_run(
     they were fetched on the host first and so must be given. ``image``: a tag instead of the hashed
     one. ``env``: extra variables for the container. ``user``: ``uid:gid`` (default: this process's).
     """
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r}: --docker runs one of {', '.join(DEVICES)}")
+    device = image_device(device)
     root = Path(bundle_root).resolve() if bundle_root is not None else BUNDLE_ROOT
     dockerfile = root / "docker" / f"Dockerfile.{device}"
     if not dockerfile.is_file():
@@ -324,7 +460,7 @@ def plan_docker_run(
         image=image or image_tag(dockerfile, device=device),
         dockerfile=dockerfile,
         context=root,
-        inner_cmd=tuple(inner_command(mlcr_argv, replacements)),
+        inner_cmd=tuple(inner_command(request, replacements)),
         mounts=tuple(mounts),
         env=tuple(container_env.items()),
         user=user,
@@ -407,7 +543,8 @@ def default_mlc_cache_dir(device: str) -> Path:
 
 
 def run_from_mlc(
-    mlcr_argv: Sequence[str],
+    request: MlcRequest,
+    options: DockerOptions,
     *,
     device: str,
     results_dir: str | os.PathLike[str],
@@ -420,14 +557,13 @@ def run_from_mlc(
 ) -> dict:
     """``--docker`` for an MLC script: plan, build if needed, run; an MLC result dict, never an exception.
 
-    ``mlcr_argv`` is ``sys.argv`` of the mlcr process; its ``--docker_dryrun``, ``--docker_rebuild``
-    and ``--docker_image=<tag>`` flags are read here. Returns ``{"return": 0, "image": ..., "run_cmd":
-    ...}`` or ``{"return": 1, "error": ...}``.
+    ``request``: the user's request (:func:`request_from_mlc_input`); ``options``: its ``--docker_*``
+    inputs. Returns ``{"return": 0, "image": ..., "run_cmd": ...}`` or ``{"return": 1, "error": ...}``.
     """
+    device = image_device(device)
     try:
-        options = docker_options(mlcr_argv)
         plan = plan_docker_run(
-            mlcr_argv,
+            request,
             device,
             results_dir,
             mlc_cache_dir if mlc_cache_dir is not None else default_mlc_cache_dir(device),
@@ -442,3 +578,27 @@ def run_from_mlc(
     except (ContainerError, ValueError, OSError) as error:
         return {"return": 1, "error": str(error)}
     return {"return": 0, "image": plan.image, "run_cmd": shlex.join(plan.run_cmd)}
+
+
+def image_device(device: str) -> str:
+    """The image (:data:`DEVICES`) for a ``--device``: ``cpu``, or ``cuda`` for ``cuda[:N]`` / ``gpu[:N]``.
+
+    A ValueError for any other device (the CUDA image has no TensorRT).
+    """
+    from .backends import normalize_device
+
+    kind = normalize_device(device).partition(":")[0]
+    if kind not in DEVICES:
+        raise ValueError(f"--device={device} with --docker: the images run {' or '.join(DEVICES)}[:N]")
+    return kind
+
+
+def image_has_automotive_loadgen() -> bool:
+    """Whether the images hold the automotive LoadGen: not while they install PyPI's
+    ``mlcommons-loadgen`` (the inference LoadGen, no ConstantStream) from ``requirements-common.txt``."""
+    requirements = BUNDLE_ROOT / "docker" / "requirements-common.txt"
+    names = {
+        re.split(r"[=<>!~ ;\[]", line.strip(), maxsplit=1)[0].lower()
+        for line in requirements.read_text().splitlines()
+    }
+    return PYPI_LOADGEN not in names

@@ -200,8 +200,8 @@ def test_bad_requests() -> None:
         create_backend("tensorflow", __file__)
     with pytest.raises(FileNotFoundError, match="missing.onnx: model file not found"):
         create_backend("onnxruntime", "missing.onnx")
-    with pytest.raises(ValueError, match="unsupported device 'gpu'"):
-        create_backend("onnxruntime", __file__, device="gpu")
+    with pytest.raises(ValueError, match="unsupported device 'npu'"):
+        create_backend("onnxruntime", __file__, device="npu")
     with pytest.raises(ValueError, match="unsupported device 'tensorrt'"):
         create_backend("pytorch", __file__, device="tensorrt")
 

@@ -28,13 +28,19 @@ from abtf_ssd.container import (
     CONTAINER_DATASET,
     CONTAINER_MODEL,
     CONTAINER_RESULTS,
+    DockerOptions,
     DockerUnavailableError,
+    MlcRequest,
     dockerfile_env,
     dockerfile_instructions,
     execute,
+    flag_value,
     image_tag,
     inner_command,
+    mlc_arguments,
+    parse_mlc_command,
     plan_docker_run,
+    request_from_mlc_input,
     run_from_mlc,
 )
 
@@ -55,6 +61,10 @@ def _argv(device: str, *extra: str) -> list[str]:
     return ["/home/u/venv/bin/mlcr", *USER_ARGS, f"--device={device}", "--docker", *extra]
 
 
+def _request(device: str, *extra: str) -> MlcRequest:
+    return parse_mlc_command(_argv(device, *extra))
+
+
 @pytest.fixture
 def host_inputs(tmp_path: Path) -> tuple[Path, Path]:
     """A dataset folder and an ONNX model file, as fetched on the host."""
@@ -69,7 +79,7 @@ def host_inputs(tmp_path: Path) -> tuple[Path, Path]:
 def _plan(tmp_path: Path, host_inputs: tuple[Path, Path], device: str, *extra: str) -> container.DockerPlan:
     dataset, model = host_inputs
     return plan_docker_run(
-        _argv(device, *extra),
+        _request(device, *extra),
         device,
         tmp_path / "results",
         tmp_path / "mlc-cache",
@@ -168,67 +178,128 @@ def test_dry_run_prints_the_exact_commands_and_writes_the_dockerfile(
 
 
 def test_without_host_inputs_nothing_is_mounted_read_only(tmp_path: Path) -> None:
-    plan = plan_docker_run(_argv("cpu"), "cpu", tmp_path / "r", tmp_path / "c")
+    plan = plan_docker_run(_request("cpu"), "cpu", tmp_path / "r", tmp_path / "c")
     assert not [volume for volume in _option_values(plan.run_cmd, "-v") if volume.endswith(":ro")]
     assert not any(arg.startswith(("--dataset_path", "--model_path")) for arg in plan.inner_cmd)
     assert "MLC_USE_DATASET_FROM_HOST=yes" not in _option_values(plan.run_cmd, "-e")
 
 
-def test_inner_command_drops_docker_flags_and_replaces_the_mounted_paths() -> None:
-    argv = [
-        "mlcr",
-        "run-abtf-inference,_full",
-        "--docker",
-        "--docker=yes",
-        "--docker_dryrun",
-        "--docker-rebuild",
-        "--docker_image=mine:1",
-        "--dockerish=1",
-        "--dataset_path=/host/data",
-        "--results_dir=/host/results",
-        "--adr.python.version_min=3.10",
-        "--quiet",
-        "-v",
-    ]
-    inner = inner_command(argv, {"dataset_path": "/mnt/d", "results_dir": "/mnt/r"})
+def test_inner_command_drops_docker_inputs_and_replaces_the_mounted_paths() -> None:
+    request = parse_mlc_command(
+        [
+            "mlcr",
+            "run-abtf-inference,_full",
+            "--docker",
+            "--docker_dryrun",
+            "--docker-rebuild",
+            "--docker_image=mine:1",
+            "--dockerish=1",
+            "--dataset_path=/host/data",
+            "--results_dir=/host/results",
+            "--adr.python.version_min=3.10",
+            "-v",
+        ]
+    )
+    inner = inner_command(request, {"dataset_path": "/mnt/d", "results_dir": "/mnt/r"})
     assert inner == [
         "mlcr",
         "run-abtf-inference,_full",
         "--dockerish=1",
         "--adr.python.version_min=3.10",
-        "--quiet",
-        "-v",
         "--dataset_path=/mnt/d",
         "--results_dir=/mnt/r",
+        "--quiet",
+        "--verbose",
     ]
 
 
-_flag_name = st.from_regex(r"[a-z][a-z_.]{0,12}", fullmatch=True).filter(
-    lambda name: not name.startswith(("docker", "quiet", "results"))
-)
-_plain_argument = st.one_of(
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).filter(lambda a: not a.startswith("-")),
+def test_parse_mlc_command_reads_inputs_as_mlcflow_does() -> None:
+    request = parse_mlc_command(
+        [
+            "/venv/bin/mlcr",
+            "run-abtf-inference,reference,_v0.5,_synthetic,_full",
+            "--model=ssd",
+            "--docker-dryrun",
+            "--env.MLC_A=x=y",
+            "--env.MLC-B=1",
+            "--list,=a,b",
+            "-js",
+            "stray",
+            "--note=",
+        ]
+    )
+    assert request.tags == "run-abtf-inference,reference,_v0.5,_synthetic,_full"
+    assert request.variations == ["v0.5", "synthetic", "full"]
+    assert request.inputs == {
+        "model": "ssd",
+        "docker_dryrun": True,
+        "env": {"MLC_A": "x=y", "MLC-B": "1"},
+        "list": ["a", "b"],
+        "j": True,
+        "s": True,
+        "note": "",
+    }
+    assert parse_mlc_command(["mlc", "run", "script", "a,_b", "--tags=c,_d"]).tags == "c,_d"
+    for words in (["mlcr"], ["mlcr", "--quiet", "tags"], ["mlc", "show", "script", "x"]):
+        with pytest.raises(ValueError):
+            parse_mlc_command(words)
+
+
+def test_requests_no_command_line_gives_are_refused() -> None:
+    for inputs in ({"a": ["x,y"]}, {"env": {"A": True}}, {"a-b": "1"}, {"a": 3}, {"tags": "x"}):
+        with pytest.raises(ValueError, match="mlcr"):
+            mlc_arguments(MlcRequest("run-abtf-inference", inputs))
+
+
+_flag_name = st.from_regex(r"[a-z][a-z0-9_.,-]{0,12}", fullmatch=True)
+_argument = st.one_of(
     st.builds(lambda name, value: f"--{name}={value}", _flag_name, st.text(max_size=12)),
     st.builds(lambda name: f"--{name}", _flag_name),
+    st.builds(lambda name: f"-{name}", st.from_regex(r"[a-z]{1,3}", fullmatch=True)),
 )
 
 
-@given(st.lists(_plain_argument, max_size=8))
-def test_inner_command_keeps_every_other_argument_in_order(arguments: list[str]) -> None:
-    argv = ["mlcr", *arguments[:3], "--docker", *arguments[3:], "--docker_dryrun"]
-    inner = inner_command(argv, {"results_dir": "/mnt/r"})
-    assert inner == ["mlcr", *arguments, "--results_dir=/mnt/r", "--quiet"]
+@given(st.lists(_argument, max_size=10))
+def test_mlc_arguments_give_back_the_parsed_request(arguments: list[str]) -> None:
+    request = parse_mlc_command(["mlcr", "run-abtf-inference,_x", *arguments])
+    try:
+        written = mlc_arguments(request)
+    except ValueError:
+        return  # an input mlcflow parses but no command line can give again (``--a.b`` then ``--a=x``)
+    again = parse_mlc_command(["mlcr", *written])
+    assert (again.tags, again.inputs) == (request.tags, request.inputs)
 
 
-def test_docker_options_are_read_off_the_command_line() -> None:
-    assert container.docker_options(["mlcr", "x", "--docker"]) == container.DockerOptions()
-    options = container.docker_options(
-        ["mlcr", "--docker-dryrun", "--docker_rebuild=yes", "--docker_image=a:b"]
-    )
-    assert options == container.DockerOptions(dry_run=True, rebuild=True, image="a:b")
-    assert not container.docker_options(["mlcr", "--docker_dryrun=no"]).dry_run
+def test_request_from_mlc_input_checks_the_command_line_against_the_parsed_inputs() -> None:
+    command = "/venv/bin/mlcr run-abtf-inference,_full --model=ssd --env.A=1 --docker"
+    run_input = {
+        "mlc_run_cmd": command,
+        "tags": "run-abtf-inference,_full",
+        "details": "run-abtf-inference,_full",
+        "model": "ssd",
+        "docker": True,
+        "env": {"A": "1", "MLC_MORE": "set by mlcflow"},
+    }
+    request = request_from_mlc_input(run_input)
+    assert request.inputs == {"model": "ssd", "env": {"A": "1"}, "docker": True}
+    with pytest.raises(ValueError, match="inputs frames differ"):
+        request_from_mlc_input({**run_input, "frames": "3"})
+    with pytest.raises(ValueError, match="runs tags"):
+        request_from_mlc_input({**run_input, "tags": "other"})
+    with pytest.raises(ValueError, match="run the request with mlcr"):
+        request_from_mlc_input({k: v for k, v in run_input.items() if k != "mlc_run_cmd"})
+
+
+def test_flag_value() -> None:
+    assert flag_value("--docker_dryrun", True) and flag_value("--x", "Yes") and flag_value("--x", "1")
+    assert not flag_value("--x", "no") and not flag_value("--x", "off")
     with pytest.raises(ValueError, match="--docker_dryrun=maybe"):
-        container.docker_options(["mlcr", "--docker_dryrun=maybe"])
+        flag_value("--docker_dryrun", "maybe")
+
+
+def test_image_loadgen_kind_follows_the_requirements() -> None:
+    pinned = "mlcommons-loadgen==" in (DOCKER_DIR / "requirements-common.txt").read_text()
+    assert container.image_has_automotive_loadgen() is not pinned
 
 
 def test_hostile_paths_stay_single_arguments(tmp_path: Path) -> None:
@@ -239,7 +310,7 @@ def test_hostile_paths_stay_single_arguments(tmp_path: Path) -> None:
     model.write_bytes(b"onnx")
     results = base / "res ults"
     plan = plan_docker_run(
-        _argv("cuda", f"--note={HOSTILE}"),
+        _request("cuda", f"--note={HOSTILE}"),
         "cuda",
         results,
         base / "cache",
@@ -274,15 +345,19 @@ def test_paths_docker_cannot_mount_and_missing_inputs_are_clear_errors(tmp_path:
     colon = tmp_path / "a:b"
     colon.mkdir()
     with pytest.raises(ValueError, match=re.escape(str(colon))):
-        plan_docker_run(_argv("cpu"), "cpu", tmp_path / "r", tmp_path / "c", dataset_path=colon)
+        plan_docker_run(_request("cpu"), "cpu", tmp_path / "r", tmp_path / "c", dataset_path=colon)
     with pytest.raises(FileNotFoundError, match="model .*missing.onnx does not exist"):
         plan_docker_run(
-            _argv("cpu"), "cpu", tmp_path / "r", tmp_path / "c", model_path=tmp_path / "missing.onnx"
+            _request("cpu"), "cpu", tmp_path / "r", tmp_path / "c", model_path=tmp_path / "missing.onnx"
         )
     with pytest.raises(ValueError, match="MLC_USE_DATASET_FROM_HOST=yes"):
-        plan_docker_run(_argv("cpu"), "cpu", tmp_path / "r", tmp_path / "c", dataset_from_host=True)
-    with pytest.raises(ValueError, match="device 'rocm'"):
-        plan_docker_run(_argv("rocm"), "rocm", tmp_path / "r", tmp_path / "c")
+        plan_docker_run(_request("cpu"), "cpu", tmp_path / "r", tmp_path / "c", dataset_from_host=True)
+    with pytest.raises(ValueError, match="--device=rocm with --docker"):
+        plan_docker_run(_request("rocm"), "rocm", tmp_path / "r", tmp_path / "c")
+    with pytest.raises(ValueError, match="--device=tensorrt with --docker"):
+        plan_docker_run(_request("tensorrt"), "tensorrt", tmp_path / "r", tmp_path / "c")
+    plan = plan_docker_run(_request("gpu:1"), "gpu:1", tmp_path / "r", tmp_path / "c")
+    assert plan.device == "cuda" and "--device=gpu:1" in plan.inner_cmd
 
 
 # -- the image tag ---------------------------------------------------------------------------------------
@@ -310,7 +385,9 @@ def test_image_tag_follows_the_image_definition_and_the_version(tmp_path: Path) 
 
 
 def test_plan_uses_the_given_image_instead_of_the_hashed_tag(tmp_path: Path) -> None:
-    plan = plan_docker_run(_argv("cpu"), "cpu", tmp_path / "r", tmp_path / "c", image="registry.local/abtf:7")
+    plan = plan_docker_run(
+        _request("cpu"), "cpu", tmp_path / "r", tmp_path / "c", image="registry.local/abtf:7"
+    )
     assert plan.build_cmd[plan.build_cmd.index("--tag") + 1] == "registry.local/abtf:7"
     assert "registry.local/abtf:7" in plan.run_cmd
 
@@ -328,7 +405,11 @@ def test_no_docker_program_is_an_error_naming_docker_dryrun(
     with pytest.raises(DockerUnavailableError, match="no `docker` program on PATH.*--docker_dryrun"):
         execute(plan)
     result = run_from_mlc(
-        _argv("cpu"), device="cpu", results_dir=tmp_path / "r", mlc_cache_dir=tmp_path / "c"
+        _request("cpu"),
+        DockerOptions(),
+        device="cpu",
+        results_dir=tmp_path / "r",
+        mlc_cache_dir=tmp_path / "c",
     )
     assert result["return"] == 1 and "--docker_dryrun" in result["error"]
 
@@ -382,7 +463,8 @@ def test_run_from_mlc_dry_run(
 ) -> None:
     dataset, model = host_inputs
     result = run_from_mlc(
-        _argv("cpu", "--docker_dryrun"),
+        _request("cpu", "--docker_dryrun"),
+        DockerOptions(dry_run=True),
         device="cpu",
         results_dir=tmp_path / "results",
         mlc_cache_dir=tmp_path / "cache",

@@ -10,7 +10,8 @@ checkpoint's parameter shapes - matched against :data:`abtf_ssd.config.CONFIGS`.
 
 Devices: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ONNX Runtime also takes ``"tensorrt"`` /
 ``"tensorrt:N"`` (TensorRT first, CUDA for what TensorRT does not take). A device the installed
-framework cannot use is an error, never a silent CPU run.
+framework cannot use is an error, never a silent CPU run. ``"gpu[:N]"`` is ``"cuda[:N]"``
+(:func:`normalize_device`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,21 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+DEVICE_ALIASES = {"gpu": "cuda"}
+"""Other names of a device kind: mlperf-automations' ``--device=gpu`` is ``cuda``."""
+
+
+def normalize_device(device: str) -> str:
+    """``device`` as the backends name it: lower case, an alias (:data:`DEVICE_ALIASES`) replaced,
+    ``"GPU:1"`` -> ``"cuda:1"``. The one place a device string is normalised."""
+    kind, colon, index = device.strip().lower().partition(":")
+    return DEVICE_ALIASES.get(kind, kind) + colon + index
+
+
 def parse_device(device: str, allowed: tuple[str, ...]) -> tuple[str, int]:
-    """``"cuda:1"`` -> ``("cuda", 1)``; a kind outside ``allowed`` or a bad index is a ValueError."""
-    kind, _, index = device.strip().lower().partition(":")
+    """``"cuda:1"`` (or ``"gpu:1"``) -> ``("cuda", 1)``; a kind outside ``allowed`` or a bad index is a
+    ValueError."""
+    kind, _, index = normalize_device(device).partition(":")
     if kind not in allowed or (index and (not index.isdigit() or kind == "cpu")):
         forms = ", ".join(f"{k!r}" if k == "cpu" else f"{k!r} or '{k}:N'" for k in allowed)
         raise ValueError(f"unsupported device {device!r}; use {forms}")

@@ -2,14 +2,12 @@
 
 The work happens in the dependencies (meta.yaml): system description, model, dataset, the
 app runs (find-performance, performance, accuracy, TEST01), the accuracy script and, for
-``_submission``, generate-mlperf-submission-automotive. ``predeps`` refuses impossible requests
-before any of them starts, so nothing is downloaded for a run that cannot happen; ``preprocess``
-(after them) prints the results table. With ``--docker`` the dependencies are skipped except the
-downloads MLC_USE_*_FROM_HOST ask for, and ``preprocess`` runs the same command in a container.
+``_submission``, generate-mlperf-submission-automotive. ``predeps`` runs the one pre-flight check
+(abtf_ssd.preflight) before any of them starts, so nothing is downloaded for a run that cannot
+happen; ``preprocess`` (after them) prints the results table. With ``--docker`` the dependencies are
+skipped except the downloads MLC_USE_*_FROM_HOST ask for, and ``preprocess`` runs the same request
+in a container (abtf_ssd.container).
 """
-
-import os
-import sys
 
 # App run folder exported by app-abtf-ssd-reference -> the mode shown in the table.
 _RUN_FOLDERS = {
@@ -18,101 +16,31 @@ _RUN_FOLDERS = {
     "MLC_ABTF_APP_ACCURACY_DIR": "accuracy",
     "MLC_ABTF_APP_TEST01_PERFORMANCE_DIR": "TEST01",
 }
-_IMPLEMENTATIONS = ("reference",)
-_CATEGORIES = ("adas",)
-_RUN_KINDS = ("FIND_PERFORMANCE", "PERFORMANCE", "ACCURACY", "TEST01", "SUBMISSION")
 _SCRIPT = "run-abtf-inference"
 
 
 def predeps(i):
     from abtf_ssd.mlc_scripts import mlc_step
 
-    return mlc_step(_SCRIPT, _plan, i["env"])
+    return mlc_step(_SCRIPT, _plan, i)
 
 
-def _plan(env):
-    """Check the request, then set what the dependencies (meta.yaml) read."""
-    from abtf_ssd import rules, sysinfo
-    from abtf_ssd.checker import DIVISIONS
-    from abtf_ssd.harness import RunOptions
-    from abtf_ssd.mlc_scripts import env_flag
+def _plan(i):
+    """The pre-flight check; with --docker, the request must also be one the container can repeat."""
+    from abtf_ssd import container, preflight
 
-    in_container = env_flag(env.get("MLC_ABTF_RUN_DOCKER", "")) and env.get("MLC_RUN_STATE_DOCKER") != "yes"
-    problem = _request_problem(env, rules, sysinfo, DIVISIONS, check_device=not in_container)
-    if problem:
-        raise ValueError(problem)
-    defaults = RunOptions(dataset_dir="")
-    env["MLC_ABTF_RUN_MODEL_FORMAT"] = sysinfo.MODEL_FORMAT_OF_FRAMEWORK[env["MLC_ABTF_RUN_FRAMEWORK"]]
-    env["MLC_ABTF_RUN_RESULTS_DIR"] = os.path.abspath(
-        env.get("MLC_ABTF_RUN_RESULTS_DIR") or defaults.results_dir
-    )
-    env.setdefault("MLC_ABTF_RUN_SYSTEM_NAME", defaults.system_name)
-    env["MLC_ABTF_SUT_INFO_PATH"] = os.path.join(
-        env["MLC_ABTF_RUN_RESULTS_DIR"], env["MLC_ABTF_RUN_SYSTEM_NAME"], sysinfo.SUT_INFO_NAME
-    )
-    valid = env.get("MLC_ABTF_RUN_EXECUTION_MODE") == "valid"
-    if (
-        valid
-        and env.get("MLC_ABTF_RUN_DO_PERFORMANCE") == "yes"
-        and not env.get("MLC_ABTF_RUN_TARGET_LATENCY")
-    ):
-        # A valid run lasts as planned only with a measured expected latency.
-        env["MLC_ABTF_RUN_DO_FIND_PERFORMANCE"] = "yes"
-    if env.get("MLC_ABTF_RUN_DO_SUBMISSION") == "yes":
-        # What generate-mlperf-submission-automotive needs from this run.
-        env["MLC_ABTF_SUBMISSION_RESULTS_DIR"] = env["MLC_ABTF_RUN_RESULTS_DIR"]
-        env["MLC_ABTF_SUBMISSION_SYSTEM_NAME"] = env["MLC_ABTF_RUN_SYSTEM_NAME"]
-        env["MLC_ABTF_SUBMISSION_SUT_INFO"] = env["MLC_ABTF_SUT_INFO_PATH"]
-        env["MLC_ABTF_SUBMISSION_VERSION"] = env["MLC_ABTF_RUN_ROUND"]
-        env["MLC_ABTF_SUBMISSION_TEST_MODE"] = "no" if valid else "yes"
-        if env["MLC_ABTF_SUBMISSION_DIVISION"] == "closed":
-            env["MLC_ABTF_RUN_DO_TEST01"] = "yes"
-    if in_container:
-        _run_in_container_only(env)
-
-
-def _run_in_container_only(env):
-    """--docker: this machine fetches only what MLC_USE_*_FROM_HOST asks for; the rest runs inside."""
-    from abtf_ssd.mlc_scripts import env_flag
-
-    env["MLC_ABTF_RUN_DOCKER_HOST"] = "yes"
-    for what in ("MODEL", "DATASET"):
-        if not env_flag(env.get(f"MLC_USE_{what}_FROM_HOST", "")):
-            env[f"MLC_ABTF_RUN_SKIP_{what}"] = "yes"
-    for kind in _RUN_KINDS:
-        env.pop(f"MLC_ABTF_RUN_DO_{kind}", None)
-
-
-def _request_problem(env, rules, sysinfo, divisions, check_device):
-    """What makes this request impossible, or None."""
-    from abtf_ssd.mlc_scripts import env_store_kind
-
-    model = env["MLC_ABTF_RUN_MODEL"]
-    if model != rules.MODEL_NAME:
-        return f"--model={model} is not supported; supported models: {rules.MODEL_NAME}"
-    if env["MLC_ABTF_RUN_IMPLEMENTATION"] not in _IMPLEMENTATIONS:
-        return f"--implementation={env['MLC_ABTF_RUN_IMPLEMENTATION']}: only {', '.join(_IMPLEMENTATIONS)}"
-    if env["MLC_ABTF_RUN_CATEGORY"] not in _CATEGORIES:
-        return f"--category={env['MLC_ABTF_RUN_CATEGORY']}: MLPerf Automotive has one category: adas"
-    if env["MLC_ABTF_SUBMISSION_DIVISION"] not in divisions:
-        return f"--division={env['MLC_ABTF_SUBMISSION_DIVISION']}: use {' or '.join(divisions)}"
-    try:
-        env_store_kind(env)
-        rules.get_round(env["MLC_ABTF_RUN_ROUND"])
-        rules.loadgen_scenario(env["MLC_ABTF_RUN_SCENARIO"])
-    except ValueError as e:
-        return str(e)
-    framework, model_path = env["MLC_ABTF_RUN_FRAMEWORK"], env.get("MLC_ABTF_ML_MODEL_PATH")
-    if not check_device:  # the container has its own frameworks and devices
-        return sysinfo.model_problem(framework, model_path)
-    return sysinfo.run_problem(framework, env["MLC_ABTF_RUN_DEVICE"], model_path)
+    request = preflight.prepare_run(i["env"], preflight.flag_names(i["meta"]["input_mapping"]))
+    if request.docker is not None:
+        container.request_from_mlc_input(i["input"])
+    print(f"{_SCRIPT}: {request.summary()}")
 
 
 def preprocess(i):
     from abtf_ssd.mlc_scripts import mlc_step
 
-    env = i["env"]
-    return mlc_step(_SCRIPT, _docker if env.get("MLC_ABTF_RUN_DOCKER_HOST") == "yes" else _report, env)
+    if i["env"].get("MLC_ABTF_RUN_DOCKER_HOST") == "yes":
+        return mlc_step(_SCRIPT, _docker, i)
+    return mlc_step(_SCRIPT, _report, i["env"])
 
 
 def _report(env):
@@ -140,15 +68,16 @@ def _report(env):
     env["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = env["MLC_ABTF_APP_SCENARIO_DIR"]
 
 
-def _docker(env):
-    """The same mlcr command inside a container (abtf_ssd.container); results land in results_dir."""
-    from abtf_ssd.container import run_from_mlc
+def _docker(i):
+    """The same request inside a container (abtf_ssd.container); results land in results_dir."""
+    from abtf_ssd import container, preflight
     from abtf_ssd.mlc_scripts import env_flag
 
-    device = env["MLC_ABTF_RUN_DEVICE"].partition(":")[0]
-    result = run_from_mlc(
-        sys.argv,
-        device="cpu" if device == "cpu" else "cuda",
+    env = i["env"]
+    result = container.run_from_mlc(
+        container.request_from_mlc_input(i["input"]),
+        preflight.docker_options(env, preflight.flag_names(i["meta"]["input_mapping"])),
+        device=env["MLC_ABTF_RUN_DEVICE"],
         results_dir=env["MLC_ABTF_RUN_RESULTS_DIR"],
         dataset_path=env.get("MLC_ABTF_DATASET_PATH") or None,
         model_path=env.get("MLC_ABTF_ML_MODEL_PATH") or None,
