@@ -2,6 +2,7 @@
 # make test   - install (fast when done), then the test suite
 # make bench  - every benchmark in bench/, report in bench/REPORT.md
 # make lint   - ruff check and format check
+# make valid-closed - one full valid closed run on the automotive LoadGen, officially checked (> 20 min)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ INSTALLED := $(VENV)/.abtf-installed
 DEMO_TAGS := run-abtf-inference,reference,_v0.5,_synthetic,_performance-and-accuracy
 DEMO_ARGS := --model=ssd --device=cpu --framework=onnxruntime --scenario=SingleStream --quiet
 
-.PHONY: demo test install register bench lint format clean-mlc
+.PHONY: demo test install register bench lint format clean-mlc valid-closed
 
 demo: register
 	$(BIN)/mlcr $(DEMO_TAGS) $(DEMO_ARGS)
@@ -44,6 +45,12 @@ register: install
 # Every bench/bench_*.py; writes bench/REPORT.md and bench/REPORT.json (bench/README.md).
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# The demo model, closed division, SingleStream, valid rules, on the round's automotive LoadGen built from
+# ../shared/upstream; then the round's official checker (bench/valid_closed.py). ROUND=v1.0 for the other round.
+ROUND ?= v0.5
+valid-closed: install
+	$(BIN)/python bench/valid_closed.py --round $(ROUND)
 
 lint: install
 	$(BIN)/ruff check .

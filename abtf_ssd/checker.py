@@ -1,6 +1,6 @@
-"""Check an MLPerf Automotive submission tree the way the automotive submission checker does.
+"""Check an MLPerf Automotive submission tree the way each round's official checker does.
 
-The tree (``--version v0.5``)::
+The tree of round v1.0 (the official checker's layout for that round)::
 
     <root>/                      only .md / .pdf files
       closed|open/<submitter>/
@@ -14,10 +14,22 @@ The tree (``--version v0.5``)::
           TEST01/ (closed)       verify_performance.txt verify_accuracy.txt
                                  performance/run_1/{summary, detail} accuracy/{log, accuracy.txt}
 
-Every rule yields a :class:`CheckError` that names the file or folder it concerns and a
-short rule id (``seed``, ``percentile``, ...). ``allow_test_mode`` relaxes exactly the
-rules in :data:`TEST_MODE_RELAXED_RULES`, which a short test-mode run cannot meet; the
-findings it relaxed are still reported (:attr:`CheckReport.relaxed`).
+Round v0.5 keeps the measurement files and the code apart (:data:`LAYOUTS`)::
+
+      closed|open/<submitter>/
+        systems/<system>.json
+        code/ssd/<implementation>/...
+        measurements/<system>/ssd/<scenario>/  user.conf README.md <system>_<implementation>_<scenario>.json
+        results/<system>/ssd/<scenario>/       performance/run_1/ accuracy/
+        compliance/<system>/ssd/<scenario>/TEST01/ (closed; the v0.5 checker does not check it)
+
+Every rule yields a :class:`CheckError` that names the file or folder it concerns, a short rule
+id (``seed``, ``percentile``, ...) and, where the official checker has the same rule, its message
+(:data:`OFFICIAL_MESSAGES`). ``allow_test_mode`` relaxes exactly the run-length rules in
+:data:`TEST_MODE_RELAXED_RULES`, which a short test-mode run cannot meet; the findings it relaxed
+are still reported (:attr:`CheckReport.relaxed`). As in the official checker, an mAP under the
+target is an error in the closed division and a warning in the open one
+(:attr:`CheckReport.warnings`).
 
 One stricter rule than the upstream checker: a closed-division result must come from the
 automotive LoadGen (its detail log has the ``effective_use_grouped_qsl`` and
@@ -39,7 +51,7 @@ from typing import Any
 
 from abtf_ssd.report import LogFormatError, detail_messages
 from abtf_ssd.report import read_detail_log as read_detail_records
-from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, RoundRules, get_round
+from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, SINGLE_STREAM_METRIC, RoundRules, get_round
 
 MAP_TARGET = 0.7179 * 0.999
 """The checker's mAP threshold: 99.9 % of the reference mAP as the checker rounds it (0.7171821)."""
@@ -52,8 +64,10 @@ STATUSES = ("hardened", "development", "engineering_samples", "presilicon")
 SYSTEM_TYPE = "adas"
 REQUIRED_SCENARIOS = ("SingleStream",)
 OPTIONAL_SCENARIOS = ("ConstantStream",)
-RESULT_KEY = "early_stopping_latency_ss"
-"""Detail-log key of the reported SingleStream metric (ns)."""
+RESULT_KEY = SINGLE_STREAM_METRIC
+"""Detail-log key of the reported SingleStream metric (ns); ConstantStream's is the round's."""
+DEFAULT_IMPLEMENTATION = "reference"
+"""The implementation name of the v0.5 layout (``code/ssd/<implementation>``)."""
 AUTOMOTIVE_LOADGEN_KEYS = ("effective_use_grouped_qsl", "effective_server_constant_gen")
 """Settings only the automotive LoadGen logs: their presence tells which LoadGen wrote a log."""
 
@@ -160,9 +174,89 @@ TEST_MODE_RELAXED_RULES: dict[str, str] = {
     "min-duration": "min_duration >= 600000 ms",
     "min-query-count": "minimum query count / early stopping met",
     "perf-sample-count": "performance sample count >= 128",
-    "map-target": "mAP >= 0.7179 * 0.999 (synthetic demo data)",
+    "test01-perf-score": "TEST01 performance within 10 % of the submission run (two short runs: noise)",
 }
-"""Rules a test-mode run cannot meet, relaxed by ``allow_test_mode`` (rule id -> what it asks)."""
+"""The run-length rules a test-mode run cannot meet, relaxed by ``allow_test_mode`` (rule id -> what
+it asks). The mAP target is not among them: a closed result under it fails in every mode."""
+
+WARNING_RULES = {"map-target-open": "mAP under the target: accepted for the open division only"}
+"""Findings that are warnings, not errors (the official checker logs them and accepts the result)."""
+
+OFFICIAL_MESSAGES: dict[str, str] = {
+    "result-valid": "result is INVALID / Reference results are invalid",
+    "min-duration": "Test duration lesser than ... ms",
+    "min-query-count": "Early stopping condition was not met / too few queries",
+    "perf-sample-count": "performance_sample_count, found ..., needs to be >= 128",
+    "seed": "seeds are wrong",
+    "percentile": "target_latency_percentile is required to be 0.999",
+    "constant-gen": "constant_gen is required to be set to True",
+    "detail-error": "Detected errors in mlperf_log_detail.txt",
+    "map-target": "accuracy not valid (Accuracy = ..., Threshold = ...)",
+    "map-target-open": "accuracy not valid but taken for open",
+    "measure-files": "<measurement dir> is missing user.conf / README.md",
+    "measurements-json": "<result>, field ... is missing (meaningful value)",
+    "measurements-dir": "no measurement_dir for ...",
+    "code-dir": "... is missing code_dir ...",
+    "acc-files": "... has file list mismatch",
+    "perf-files": "... has file list mismatch",
+    "acc-log-size": "accuracy log is too large",
+    "acc-hash": "hash in accuracy.txt",
+    "system-field": "field ... is missing (meaningful value)",
+    "system-type": "has invalid system type",
+    "status": "has invalid status",
+    "test01-missing": "Missing TEST01 in compliance dir",
+    "test01-perf": "Compliance test performance check in ... failed",
+    "test01-perf-score": "Compliance test performance check in ... failed",
+    "test01-acc": "compliance TEST01 accuracy dir: file list mismatch / non-deterministic check failed",
+    "root-files": "Root contains files outside division folder",
+    "scenario": "... ignoring scenario ... (neither required nor optional)",
+}
+"""Rule id -> the official checker's wording of the same rule, quoted in our messages."""
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    """Where a round's official checker looks for each part of a submitter's folder."""
+
+    round: str
+    code_folder: str
+    """``src`` (v1.0: ``src/ssd``) or ``code`` (v0.5: ``code/ssd/<implementation>``)."""
+    separate_measurements: bool
+    """v0.5: ``measurements/<system>/ssd/<scenario>/``; v1.0: the results scenario folder."""
+
+    def code_dir(self, submitter_dir: Path, implementation: str = DEFAULT_IMPLEMENTATION) -> Path:
+        base = submitter_dir / self.code_folder / MODEL_NAME
+        return base / implementation if self.separate_measurements else base
+
+    def measurements_dir(self, submitter_dir: Path, system: str, scenario: str) -> Path:
+        top = "measurements" if self.separate_measurements else "results"
+        return submitter_dir / top / system / MODEL_NAME / scenario
+
+    def measurements_file(
+        self, system: str, scenario: str, implementation: str = DEFAULT_IMPLEMENTATION
+    ) -> str:
+        return (
+            f"{system}_{implementation}_{scenario}.json"
+            if self.separate_measurements
+            else "measurements.json"
+        )
+
+    def compliance_dir(self, submitter_dir: Path, system: str, scenario: str) -> Path:
+        """The folder that holds ``TEST01/``."""
+        top = "compliance" if self.separate_measurements else "results"
+        return submitter_dir / top / system / MODEL_NAME / scenario
+
+
+LAYOUTS: dict[str, TreeLayout] = {
+    "v0.5": TreeLayout("v0.5", code_folder="code", separate_measurements=True),
+    "v1.0": TreeLayout("v1.0", code_folder="src", separate_measurements=False),
+}
+
+
+def layout(round: str) -> TreeLayout:
+    """The tree layout of ``round`` (a :class:`rules.RulesError` for an unknown one)."""
+    get_round(round)
+    return LAYOUTS[round]
 
 
 class CheckerInputError(ValueError):
@@ -178,23 +272,34 @@ class CheckError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: [{self.rule}] {self.message}"
+        official = OFFICIAL_MESSAGES.get(self.rule)
+        return f"{self.path}: [{self.rule}] {self.message}" + (
+            f' (official: "{official}")' if official else ""
+        )
 
 
 @dataclass
 class CheckReport:
-    """Errors, and in test mode the findings of relaxed rules (not errors)."""
+    """Errors, warnings, and in test mode the findings of relaxed rules (not errors)."""
 
     errors: list[CheckError] = field(default_factory=list)
     relaxed: list[CheckError] = field(default_factory=list)
+    warnings: list[CheckError] = field(default_factory=list)
     allow_test_mode: bool = False
 
     def add(self, path: Path, rule: str, message: str) -> None:
         finding = CheckError(Path(path), rule, message)
-        if self.allow_test_mode and rule in TEST_MODE_RELAXED_RULES:
+        if rule in WARNING_RULES:
+            self.warnings.append(finding)
+        elif self.allow_test_mode and rule in TEST_MODE_RELAXED_RULES:
             self.relaxed.append(finding)
         else:
             self.errors.append(finding)
+
+    @property
+    def rules(self) -> set[str]:
+        """The rule ids of the errors."""
+        return {error.rule for error in self.errors}
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,27 +483,41 @@ def check_system_json(path: Path, submitter: str, division: str, report: CheckRe
         report.add(path, "system-division", f"division is {system.get('division')!r}, folder is {division!r}")
 
 
-def check_measurements(scenario_dir: Path, report: CheckReport) -> None:
-    """user.conf and README.md present and non-empty; measurements*.json with the five fields."""
+def check_measurements(
+    measurement_dir: Path, system: str, scenario: str, tree: TreeLayout, report: CheckReport
+) -> str | None:
+    """user.conf and README.md present and non-empty; the measurements JSON with the five fields.
+
+    Returns the implementation name a v0.5 file name carries
+    (``<system>_<implementation>_<scenario>.json``), else None.
+    """
+    if not measurement_dir.is_dir():
+        report.add(measurement_dir, "measurements-dir", "missing measurements folder of this result")
+        return None
     for name in ("user.conf", "README.md"):
-        path = scenario_dir / name
+        path = measurement_dir / name
         if not path.is_file():
             report.add(path, "measure-files", "missing")
         elif path.stat().st_size == 0:
             report.add(path, "measure-files", "empty")
-    candidates = sorted(scenario_dir.glob("measurements*.json"))
+    expected = tree.measurements_file(system, scenario)
+    pattern = f"{system}_*.json" if tree.separate_measurements else "measurements*.json"
+    candidates = sorted(measurement_dir.glob(pattern))
     if not candidates:
-        report.add(scenario_dir / "measurements.json", "measurements-json", "missing")
-        return
+        report.add(measurement_dir / expected, "measurements-json", "missing")
+        return None
     path = candidates[0]
     measurements = _read_json_object(path, "measurements-json", report)
-    if measurements is None:
-        return
-    for key in MEASUREMENT_FIELDS:
-        if key not in measurements:
-            report.add(path, "measurements-json", f"field {key} is missing")
-        elif not measurements[key]:
-            report.add(path, "measurements-json", f"field {key} needs a meaningful (non-empty) value")
+    if measurements is not None:
+        for key in MEASUREMENT_FIELDS:
+            if key not in measurements:
+                report.add(path, "measurements-json", f"field {key} is missing")
+            elif not measurements[key]:
+                report.add(path, "measurements-json", f"field {key} needs a meaningful (non-empty) value")
+    if not tree.separate_measurements:
+        return None
+    suffix = f"_{scenario}.json" if path.name.endswith(f"_{scenario}.json") else ".json"
+    return path.name[len(system) + 1 : -len(suffix)]
 
 
 def check_performance_run(
@@ -457,8 +576,9 @@ def check_performance_run(
             "min-query-count",
             f"early stopping not met: {values.get('early_stopping_result', '')}".strip(),
         )
-    if not isinstance(values.get(RESULT_KEY), (int, float)):
-        report.add(detail, "result-metric", f"no numeric {RESULT_KEY} (the reported metric)")
+    metric = rules.metric(scenario)
+    if not isinstance(values.get(metric), (int, float)):
+        report.add(detail, "result-metric", f"no numeric {metric} (the metric round {rules.name} reports)")
     if scenario == "ConstantStream" and values.get("effective_server_constant_gen") is not True:
         report.add(detail, "constant-gen", "ConstantStream needs server_constant_gen = true")
     if division == "closed" and not is_automotive_loadgen(values):
@@ -491,8 +611,9 @@ def _check_performance_folder(
         check_performance_run(run_dir, scenario, division, rules, report)
 
 
-def check_accuracy_dir(acc_dir: Path, report: CheckReport) -> None:
-    """accuracy/: the four files, mAP line and target, hash line, log size, no LoadGen errors."""
+def check_accuracy_dir(acc_dir: Path, division: str, report: CheckReport) -> None:
+    """accuracy/: the four files, mAP line and target (an error for closed, a warning for open),
+    hash line, log size, no LoadGen errors."""
     if not acc_dir.is_dir():
         report.add(acc_dir, "acc-files", "missing accuracy folder")
         return
@@ -506,7 +627,8 @@ def check_accuracy_dir(acc_dir: Path, report: CheckReport) -> None:
         if value is None:
             report.add(acc_txt, "map", "no 'mAP: <value>' line")
         elif value < MAP_TARGET:
-            report.add(acc_txt, "map-target", f"mAP {value} is under the target {MAP_TARGET:.7f}")
+            rule = "map-target" if division == "closed" else "map-target-open"
+            report.add(acc_txt, rule, f"mAP {value} is under the target {MAP_TARGET:.7f}")
         hash_value = read_hash(acc_txt)
         if hash_value is None:
             report.add(acc_txt, "acc-hash", "no 'hash=<sha256 of mlperf_log_accuracy.json>' line")
@@ -541,10 +663,10 @@ def check_accuracy_dir(acc_dir: Path, report: CheckReport) -> None:
 
 
 def check_test01(
-    scenario_dir: Path, scenario: str, division: str, rules: RoundRules, report: CheckReport
+    compliance_dir: Path, scenario: str, division: str, rules: RoundRules, report: CheckReport
 ) -> None:
     """TEST01 (closed division): verify files, the compliance performance run, its accuracy files."""
-    test_dir = scenario_dir / "TEST01"
+    test_dir = compliance_dir / "TEST01"
     if not test_dir.is_dir():
         report.add(test_dir, "test01-missing", "closed division needs the TEST01 compliance results")
         return
@@ -552,7 +674,7 @@ def check_test01(
     if not verify_perf.is_file():
         report.add(verify_perf, "test01-perf", "missing")
     elif "TEST PASS" not in verify_perf.read_text(encoding="utf-8"):
-        report.add(verify_perf, "test01-perf", "performance verification did not pass (no 'TEST PASS')")
+        report.add(verify_perf, "test01-perf-score", "performance verification did not pass (no 'TEST PASS')")
     _check_performance_folder(
         test_dir / "performance" / "run_1", "test01-perf", "TEST01 ", scenario, division, rules, report
     )
@@ -587,27 +709,41 @@ def check_test01(
                 )
 
 
-def check_scenario(scenario_dir: Path, division: str, rules: RoundRules, report: CheckReport) -> None:
-    scenario = scenario_dir.name
-    check_measurements(scenario_dir, report)
+def check_scenario(
+    submitter_dir: Path, system: str, scenario: str, division: str, rules: RoundRules, report: CheckReport
+) -> None:
+    """One result: its measurements, performance run, accuracy run, and TEST01 where the round checks it."""
+    tree = layout(rules.name)
+    scenario_dir = submitter_dir / "results" / system / MODEL_NAME / scenario
+    implementation = check_measurements(
+        tree.measurements_dir(submitter_dir, system, scenario), system, scenario, tree, report
+    )
+    if tree.separate_measurements and implementation is not None:
+        code_dir = tree.code_dir(submitter_dir, implementation)
+        if not code_dir.is_dir() and not code_dir.parent.is_dir():
+            report.add(code_dir, "code-dir", "the code that produced the results must be here (missing)")
     _check_performance_folder(
         scenario_dir / "performance" / "run_1", "perf-files", "", scenario, division, rules, report
     )
-    check_accuracy_dir(scenario_dir / "accuracy", report)
-    if division == "closed":
-        check_test01(scenario_dir, scenario, division, rules, report)
+    check_accuracy_dir(scenario_dir / "accuracy", division, report)
+    if division == "closed" and rules.checks_test01:
+        check_test01(tree.compliance_dir(submitter_dir, system, scenario), scenario, division, rules, report)
 
 
 def check_submitter(submitter_dir: Path, division: str, rules: RoundRules, report: CheckReport) -> None:
     submitter = submitter_dir.name
     results = submitter_dir / "results"
     systems = submitter_dir / "systems"
+    tree = layout(rules.name)
     if not results.is_dir():
         report.add(results, "submitter-layout", "missing results folder")
         return
-    code_dir = submitter_dir / "src" / MODEL_NAME
-    if not code_dir.is_dir() or not any(p.is_file() for p in code_dir.rglob("*")):
-        report.add(code_dir, "code-dir", "the code that produced the results must be here (missing or empty)")
+    if not tree.separate_measurements:
+        code_dir = tree.code_dir(submitter_dir)
+        if not code_dir.is_dir() or not any(p.is_file() for p in code_dir.rglob("*")):
+            report.add(
+                code_dir, "code-dir", "the code that produced the results must be here (missing or empty)"
+            )
     system_dirs = _dirs(results)
     if not system_dirs:
         report.add(results, "submitter-layout", "no system folder")
@@ -633,7 +769,7 @@ def check_submitter(submitter_dir: Path, division: str, rules: RoundRules, repor
                         scenario_dir, "scenario", f"{scenario} is neither required nor optional for ssd"
                     )
                     continue
-                check_scenario(scenario_dir, division, rules, report)
+                check_scenario(submitter_dir, system_dir.name, scenario, division, rules, report)
             if division == "closed":
                 for scenario in REQUIRED_SCENARIOS:
                     if scenario not in scenarios:
@@ -688,6 +824,7 @@ def format_report(report: CheckReport, submission_dir: str | Path, version: str)
     if report.allow_test_mode:
         lines.append("test mode: relaxed rules: " + "; ".join(TEST_MODE_RELAXED_RULES.values()))
         lines += [f"relaxed: {finding}" for finding in report.relaxed]
+    lines += [f"WARNING {warning}" for warning in report.warnings]
     lines += [f"ERROR {error}" for error in report.errors]
     if report.errors:
         lines.append(f"{len(report.errors)} error(s): the submission does not pass")

@@ -8,6 +8,7 @@ Layout of the results (the submission's, section 7 of BENCHMARK.md)::
         TEST01/performance/run_1/   a compliance run (an audit config was given)
         find-performance/       the short run that measured the expected latency
         expected_latency_ns.txt the expected latency (ns, end to end) later runs of the scenario use
+        target_qps.txt          ConstantStream: the highest rate within the latency bound (find-performance)
 
 LoadGen reads ``audit.config`` from the working directory and applies it to any run; the run
 therefore takes place with the output folder as working directory, and an audit config is
@@ -61,6 +62,7 @@ from abtf_ssd.store import Dataset, PickleDataset, SampleStore, open_dataset
 
 MODEL_DIR = "ssd"
 EXPECTED_LATENCY_FILE = "expected_latency_ns.txt"
+TARGET_QPS_FILE = "target_qps.txt"
 RESULTS_JSON = "results.json"
 USER_CONF = "user.conf"
 COMMAND_TXT = "command.txt"
@@ -147,6 +149,8 @@ class RunOptions:
     """An explicit audit.config makes this a compliance run; None keeps every audit.config away."""
     expected_latency_ns: int | None = None
     """None: the value a find-performance run stored for this scenario, if any."""
+    target_qps: float | None = None
+    """ConstantStream's rate; None: the one a find-performance run stored, else the round's."""
     dataset_prefix: str = SPLIT_PREFIXES["validation"]
     output_dir: str | Path | None = None
     """Overrides the results layout (the folder LoadGen writes into)."""
@@ -169,6 +173,8 @@ class RunResult:
     failures: list[QueryFailure] = field(default_factory=list)
     expected_latency_ns: int | None = None
     """The measured value (find-performance) or the one the run used."""
+    target_qps: float | None = None
+    """ConstantStream: the rate found (find-performance) or the one the run used."""
     load_errors: dict[int, str] = field(default_factory=dict)
     """Samples the QSL could not load (queried or not), with the error."""
     interrupted: bool = False
@@ -421,6 +427,27 @@ def stored_expected_latency(options: RunOptions) -> int | None:
     return int(text)
 
 
+def stored_target_qps(options: RunOptions) -> float | None:
+    """The ConstantStream rate a find-performance run stored for this system."""
+    path = scenario_dir(options) / TARGET_QPS_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    try:
+        return rules.check_target_qps(float(text))
+    except (ValueError, rules.RulesError):
+        raise ValueError(
+            f"{path}: expected a positive number of queries per second, found {text!r}"
+        ) from None
+
+
+def _target_qps(options: RunOptions) -> float | None:
+    """The rate of a ConstantStream run: given, else stored by find-performance, else None (the round's)."""
+    if options.scenario != "ConstantStream" or options.mode == "find-performance":
+        return None
+    return rules.check_target_qps(options.target_qps) or stored_target_qps(options)
+
+
 # ---------------------------------------------------------------------------------------------
 # A run
 
@@ -588,6 +615,14 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     _check_sample_files(dataset, dataset_dir, total)
     round_rules = rules.get_round(options.round)
     performance_count = min(options.performance_sample_count or round_rules.performance_sample_count, total)
+    if options.performance_sample_count is not None and options.performance_sample_count > performance_count:
+        print(
+            f"warning: performance_sample_count {options.performance_sample_count} lowered to "
+            f"{performance_count}, the samples this run has ({dataset_dir}); results.json records "
+            f"{performance_count}",
+            file=sys.stderr,
+        )
+        options = replace(options, performance_sample_count=performance_count)
     expected_latency = options.expected_latency_ns
     if expected_latency is None and options.mode != "find-performance":
         expected_latency = stored_expected_latency(options)
@@ -595,6 +630,13 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         print(
             f"warning: no expected latency for {options.scenario}: LoadGen's default is used; run mode "
             "find-performance first or set expected_latency_ns so that the run lasts as planned",
+            file=sys.stderr,
+        )
+    target_qps = _target_qps(options)
+    if options.scenario == "ConstantStream" and options.mode != "find-performance" and target_qps is None:
+        print(
+            f"warning: ConstantStream at the round's {round_rules.constant_stream.target_qps:g} QPS: no "
+            "find-performance result and no target QPS given; a system slower than that piles queries up",
             file=sys.stderr,
         )
     settings = rules.make_test_settings(
@@ -606,6 +648,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
         expected_latency_ns=expected_latency,
         user_conf=options.user_conf,
         performance_sample_count=performance_count,
+        target_qps=target_qps,
     )
     out_dir = output_dir(options)
     audit_config = Path(options.audit_config) if options.audit_config is not None else None
@@ -640,6 +683,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
             _summary_so_far(options, out_dir, sut),
             failures=list(sut.failures),
             expected_latency_ns=expected_latency,
+            target_qps=target_qps,
             load_errors=dict(library.load_errors),
             interrupted=True,
         )
@@ -652,13 +696,19 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     with guard:
         _start_loadgen(sut, library, settings, out_dir, total, performance_count)
 
+    _write_effective_user_conf(out_dir, options)
     result = _collect(options, out_dir, sut, library, total, expected_latency, interrupt.is_set())
+    if result.target_qps is None:
+        result.target_qps = target_qps
     _mark_invalid(result)
     _write_results_json(result, dataset_dir, settings, backend_name)
     print(report.format_table([result.summary]))
     if options.mode == "find-performance" and result.expected_latency_ns is not None and result.ok:
         stored = scenario_dir(options) / EXPECTED_LATENCY_FILE
         print(f"expected latency {result.expected_latency_ns} ns written to {stored}")
+        if result.target_qps is not None:
+            stored = scenario_dir(options) / TARGET_QPS_FILE
+            print(f"ConstantStream target QPS {result.target_qps:g} written to {stored}")
     if result.interrupted:
         print(result.failure_message(), file=sys.stderr)
         raise RunInterrupted(result.failure_message(), result)
@@ -701,7 +751,9 @@ def _summary_so_far(options: RunOptions, out_dir: Path, sut: SystemUnderTest) ->
     """The table row from a detail log LoadGen may still be writing (its last line can be cut)."""
     failed = sum(len(f.samples) for f in sut.failures)
     try:
-        return report.summarize_run(out_dir, options.scenario, options.mode, failed_queries=failed)
+        return report.summarize_run(
+            out_dir, options.scenario, options.mode, failed_queries=failed, round=options.round
+        )
     except (ValueError, OSError):
         return report.RunSummary(scenario=options.scenario, mode=options.mode, failed_queries=failed)
 
@@ -716,7 +768,9 @@ def _collect(
     interrupted: bool,
 ) -> RunResult:
     failed = sum(len(f.samples) for f in sut.failures)
-    summary = report.summarize_run(out_dir, options.scenario, options.mode, failed_queries=failed)
+    summary = report.summarize_run(
+        out_dir, options.scenario, options.mode, failed_queries=failed, round=options.round
+    )
     result = RunResult(
         out_dir,
         options,
@@ -747,7 +801,30 @@ def _collect(
         result.expected_latency_ns = _measured_latency(summary)
         path = scenario_dir(options) / EXPECTED_LATENCY_FILE
         atomic_write_text(path, f"{result.expected_latency_ns}\n")
+        if options.scenario == "ConstantStream":
+            constant = rules.get_round(options.round).constant_stream
+            result.target_qps = constant.target_qps_within_bound(_tail_latency_ns(summary))
+            atomic_write_text(scenario_dir(options) / TARGET_QPS_FILE, f"{result.target_qps:g}\n")
     return result
+
+
+def _tail_latency_ns(summary: report.RunSummary) -> float:
+    """The 99.9th percentile latency of a find-performance run (its slowest query when it is short)."""
+    tail = summary.p999_ms if summary.p999_ms is not None else summary.mean_ms
+    if tail is None:
+        raise RuntimeError("find-performance: LoadGen reported no latency; see mlperf_log_detail.txt")
+    return tail * 1e6
+
+
+def _write_effective_user_conf(out_dir: Path, options: RunOptions) -> None:
+    """Replace the run's user.conf with the settings LoadGen logged as effective (what it really used)."""
+    try:
+        values = report.detail_values(report.read_detail_log(out_dir / report.DETAIL_LOG))
+    except (OSError, ValueError):
+        return  # no complete log (LoadGen failed): the requested settings stay
+    text = rules.effective_user_conf_text(values, options.scenario, options.round)
+    if text is not None:
+        atomic_write_text(out_dir / USER_CONF, text)
 
 
 def _mark_invalid(result: RunResult) -> None:
@@ -791,6 +868,7 @@ def _write_results_json(
         "failures": [asdict(f) for f in result.failures],
         "load_errors": {str(i): error for i, error in sorted(result.load_errors.items())},
         "expected_latency_ns": result.expected_latency_ns,
+        "target_qps": result.target_qps,
         "accuracy": result.map_result.to_dict() if result.map_result else None,
         "effective_settings": {
             "qsl_rng_seed": settings.qsl_rng_seed,
@@ -800,6 +878,7 @@ def _write_results_json(
             "min_query_count": settings.min_query_count,
             "max_query_count": settings.max_query_count,
             "min_duration_ms": settings.min_duration_ms,
+            "target_qps": result.target_qps,
         },
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

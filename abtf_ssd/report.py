@@ -153,6 +153,8 @@ class RunSummary:
     map: float | None = None
     failed_queries: int = 0
     loadgen_version: str | None = None
+    metric: str | None = None
+    """The round's reported metric with its unit (a performance run summarized for a round), else None."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,10 +179,21 @@ def _invalid_reasons(values: dict[str, object]) -> list[str]:
     return reasons
 
 
+def format_metric(key: str, value: object) -> str:
+    """A reported metric (a detail-log key of :data:`abtf_ssd.rules.METRIC_LABELS`) with its unit."""
+    number = float(value)  # type: ignore[arg-type]
+    return f"{number:.3f} samples/s" if key.endswith("_per_sec") else f"{number / 1e6:.3f} ms"
+
+
 def summarize_run(
-    log_dir: str | Path, scenario: str, mode: str, map_value: float | None = None, failed_queries: int = 0
+    log_dir: str | Path,
+    scenario: str,
+    mode: str,
+    map_value: float | None = None,
+    failed_queries: int = 0,
+    round: str | None = None,
 ) -> RunSummary:
-    """The table row of the run whose LoadGen logs are in ``log_dir``."""
+    """The table row of the run whose LoadGen logs are in ``log_dir``; ``round``: show its metric."""
     log_dir = Path(log_dir)
     detail_path = log_dir / DETAIL_LOG
     if not detail_path.is_file():
@@ -212,6 +225,12 @@ def summarize_run(
             summary.samples_per_second = float(values["result_samples_per_second"])  # type: ignore[arg-type]
         summary.result = str(values["result_validity"])
         summary.invalid_reasons = _invalid_reasons(values)
+        if round is not None:
+            from abtf_ssd.rules import get_round
+
+            key = get_round(round).metric(str(values.get("effective_scenario", scenario)).replace(" ", ""))
+            if values.get(key) is not None:
+                summary.metric = format_metric(key, values[key])
     else:
         trace = read_trace_latencies(log_dir / TRACE_LOG)
         if trace is not None and len(trace.query_ns):
@@ -232,7 +251,7 @@ def _int(value: object) -> int | None:
 # The table
 
 _COLUMNS = (
-    ("scenario", 14),
+    ("scenario", 16),
     ("mode", 18),
     ("queries", 8),
     ("mean ms", 10),
@@ -241,6 +260,7 @@ _COLUMNS = (
     ("p99 ms", 10),
     ("p99.9 ms", 10),
     ("early-stop ms", 14),
+    ("metric", 22),
     ("mAP", 9),
     ("failed", 7),
     ("result", 0),
@@ -274,6 +294,7 @@ def format_table(summaries: list[RunSummary]) -> str:
             s.p99_ms,
             s.p999_ms,
             s.early_stopping_ms,
+            s.metric,
             s.map,
             s.failed_queries,
             result,

@@ -17,6 +17,7 @@ QSL at that many samples, so an accuracy run is short too).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ SCENARIOS = ("SingleStream", "MultiStream", "Offline", "ConstantStream")
 MODES = ("performance", "accuracy", "find-performance")
 EXECUTION_MODES = ("test", "valid")
 DEFAULT_TEST_QUERY_COUNT = 10
+MIN_TARGET_QPS = 0.01
+"""The lowest ConstantStream rate find-performance proposes (one query every 100 s)."""
 TEST_MIN_DURATION_MS = 0
 """A test run stops after its query count, however short it was."""
 
@@ -37,6 +40,17 @@ AUTOMOTIVE_LOADGEN_HINT = (
     "install the automotive LoadGen: mlcr get,mlperf,automotive,loadgen,_v0.5 "
     "(or pip install from loadgen/ of the mlperf_automotive repository at the round's tag)"
 )
+
+
+SINGLE_STREAM_METRIC = "early_stopping_latency_ss"
+CONSTANT_STREAM_THROUGHPUT_METRIC = "result_completed_samples_per_sec"
+CONSTANT_STREAM_LATENCY_METRIC = "result_99.90_percentile_latency_ns"
+METRIC_LABELS = {
+    SINGLE_STREAM_METRIC: "early-stopping 99.9th percentile latency (ms)",
+    CONSTANT_STREAM_THROUGHPUT_METRIC: "completed samples per second",
+    CONSTANT_STREAM_LATENCY_METRIC: "99.9th percentile latency (ms)",
+}
+"""Each round's reported metric (the official checker's RESULT_FIELD_NEW) and how it is shown."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +64,34 @@ class LatencyRules:
 
 @dataclass(frozen=True)
 class ConstantStreamRules(LatencyRules):
-    """ConstantStream (automotive LoadGen only): queries arrive at a constant rate."""
+    """ConstantStream (automotive LoadGen only): queries arrive at a constant rate.
+
+    Both rounds' LoadGens bound the latency by the query interval, ``1 / target_qps``: the v0.5
+    LoadGen ignores ``target_latency``; the v1.0 one takes a non-zero ``target_latency`` as the bound
+    and derives the QPS from it, which is why the v1.0 mlperf.conf sets it to 0 for ssd.
+    """
 
     target_qps: float
+    """The round's mlperf.conf rate (``ssd.ConstantStream.target_qps``), which a user.conf may override."""
     target_latency_ms: float
+    """The round's ``ssd.ConstantStream.target_latency`` as its mlperf.conf writes it (0: from the QPS)."""
     constant_gen: bool
+    metric: str
+    """What the round reports for ConstantStream: a detail-log key (see :data:`METRIC_LABELS`)."""
+    qps_capped_at_round: bool
+    """Find-performance: True keeps the found QPS at or under ``target_qps`` (the round reports the
+    latency at the camera rate); False lets it go higher (the round reports the throughput)."""
+
+    def latency_bound_ns(self, target_qps: float | None = None) -> int:
+        """The latency LoadGen holds each query to at ``target_qps`` (default: the round's)."""
+        return int(round(1e9 / (target_qps or self.target_qps)))
+
+    def target_qps_within_bound(self, latency_ns: float) -> float:
+        """The highest QPS whose bound (``1 / QPS``) a system of this query latency meets, rounded down
+        to 0.01 QPS; capped at the round's QPS where the round reports the latency at its own rate."""
+        qps = math.floor(1e9 / max(latency_ns, 1.0) * 100) / 100
+        qps = max(qps, MIN_TARGET_QPS)
+        return min(qps, self.target_qps) if self.qps_capped_at_round else qps
 
 
 @dataclass(frozen=True)
@@ -78,43 +115,57 @@ class RoundRules:
     single_stream: LatencyRules
     constant_stream: ConstantStreamRules
     audits: dict[str, AuditRules]
+    checks_test01: bool
+    """Whether the round's official checker checks TEST01 for a closed ssd result (v1.0 does)."""
+
+    def metric(self, scenario: str) -> str:
+        """The detail-log key of the metric this round reports for ``scenario``."""
+        return self.constant_stream.metric if scenario == "ConstantStream" else SINGLE_STREAM_METRIC
 
 
 _SINGLE_STREAM = LatencyRules(target_latency_percentile=0.999, min_duration_ms=600_000, min_query_count=6636)
-# target_latency_ms: the automotive LoadGen's mlperf.conf value (*.ConstantStream.target_latency = 10).
-_CONSTANT_STREAM = ConstantStreamRules(
-    target_latency_percentile=0.999,
-    min_duration_ms=600_000,
-    min_query_count=100_000,
-    target_qps=15.0,
-    target_latency_ms=10.0,
-    constant_gen=True,
-)
 _AUDITS = {
     "TEST01": AuditRules(mode=2, accuracy_log_rng_seed=720381539243781796, accuracy_log_sampling_target=128)
 }
 
 
-def _round(name: str, qsl_rng_seed: int, sample_index_rng_seed: int, schedule_rng_seed: int) -> RoundRules:
-    """A round: its own seeds; the sample count, latency rules and audits are the same in each."""
-    return RoundRules(
-        name=name,
-        qsl_rng_seed=qsl_rng_seed,
-        sample_index_rng_seed=sample_index_rng_seed,
-        schedule_rng_seed=schedule_rng_seed,
-        performance_sample_count=128,
-        single_stream=_SINGLE_STREAM,
-        constant_stream=_CONSTANT_STREAM,
-        audits=_AUDITS,
+def _constant_stream(target_latency_ms: float, metric: str) -> ConstantStreamRules:
+    return ConstantStreamRules(
+        target_latency_percentile=0.999,
+        min_duration_ms=600_000,
+        min_query_count=100_000,
+        target_qps=15.0,
+        target_latency_ms=target_latency_ms,
+        constant_gen=True,
+        metric=metric,
+        qps_capped_at_round=metric == CONSTANT_STREAM_LATENCY_METRIC,
     )
 
 
 ROUNDS: dict[str, RoundRules] = {
-    "v0.5": _round(
-        "v0.5", qsl_rng_seed=1575625098, sample_index_rng_seed=2227286192, schedule_rng_seed=3495234579
+    "v0.5": RoundRules(
+        name="v0.5",
+        qsl_rng_seed=1575625098,
+        sample_index_rng_seed=2227286192,
+        schedule_rng_seed=3495234579,
+        performance_sample_count=128,
+        single_stream=_SINGLE_STREAM,
+        # v0.5 mlperf.conf: *.ConstantStream.target_latency = 10 (its LoadGen ignores it).
+        constant_stream=_constant_stream(10.0, CONSTANT_STREAM_THROUGHPUT_METRIC),
+        audits=_AUDITS,
+        checks_test01=False,
     ),
-    "v1.0": _round(
-        "v1.0", qsl_rng_seed=1215947953, sample_index_rng_seed=295229089, schedule_rng_seed=1380859451
+    "v1.0": RoundRules(
+        name="v1.0",
+        qsl_rng_seed=1215947953,
+        sample_index_rng_seed=295229089,
+        schedule_rng_seed=1380859451,
+        performance_sample_count=128,
+        single_stream=_SINGLE_STREAM,
+        # v1.0 mlperf.conf: ssd.ConstantStream.target_latency = 0 (the bound comes from the QPS).
+        constant_stream=_constant_stream(0.0, CONSTANT_STREAM_LATENCY_METRIC),
+        audits=_AUDITS,
+        checks_test01=True,
     ),
 }
 DEFAULT_ROUND = "v0.5"
@@ -154,6 +205,13 @@ def _loadgen_mode(mode: str) -> lg.TestMode:
     return lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
 
 
+def check_target_qps(target_qps: float | None) -> float | None:
+    """``target_qps`` if it is a usable ConstantStream rate (positive, finite), else :class:`RulesError`."""
+    if target_qps is not None and not (math.isfinite(target_qps) and target_qps > 0):
+        raise RulesError(f"the ConstantStream target QPS must be a positive number, got {target_qps}")
+    return target_qps
+
+
 def make_test_settings(
     round: str,
     scenario: str,
@@ -164,23 +222,35 @@ def make_test_settings(
     user_conf: str | Path | None = None,
     performance_sample_count: int | None = None,
     samples_per_query: int | None = None,
+    target_qps: float | None = None,
 ) -> lg.TestSettings:
     """LoadGen settings for one run, every rule of ``round`` set through a field.
 
     ``expected_latency_ns``: end-to-end latency of one query (SingleStream / MultiStream) or
     of one sample (Offline, turned into the expected QPS). ``performance_sample_count``
-    defaults to the round's; the harness lowers it to the QSL size when the QSL is smaller.
-    ``samples_per_query`` is MultiStream's query size (None: LoadGen's, 8). ``user_conf``
-    (LoadGen's key = value format, model ``ssd``) is applied last and wins over everything but
-    the seeds.
+    defaults to the round's; the harness lowers it to the QSL size when that is smaller.
+    ``samples_per_query`` is MultiStream's query size (None: LoadGen's, 8). ``target_qps`` is
+    ConstantStream's rate (None: the round's). ``user_conf`` (LoadGen's key = value format, model
+    ``ssd``) is applied last and wins over everything but the seeds.
+
+    ConstantStream's find-performance measures the latency of back-to-back queries, so it runs
+    LoadGen's SingleStream scenario: at a constant rate, queries that pile up would measure the queue.
+    A ConstantStream test run ends by running out of queries (``max_query_count`` 0): a query cap
+    makes LoadGen log an error, and an error in a detail log fails the submission checker.
     """
     rules = get_round(round)
     if execution_mode not in EXECUTION_MODES:
         raise RulesError(f"unknown execution mode {execution_mode!r}; known: {', '.join(EXECUTION_MODES)}")
     if test_query_count < 1:
         raise RulesError(f"test_query_count must be at least 1, got {test_query_count}")
+    check_target_qps(target_qps)
+    measured_scenario = (
+        "SingleStream" if scenario == "ConstantStream" and mode == "find-performance" else scenario
+    )
     settings = lg.TestSettings()
-    settings.scenario = loadgen_scenario(scenario)
+    settings.scenario = (
+        loadgen_scenario(scenario) if measured_scenario == scenario else lg.TestScenario.SingleStream
+    )
     settings.mode = _loadgen_mode(mode)
 
     settings.qsl_rng_seed = rules.qsl_rng_seed
@@ -188,35 +258,35 @@ def make_test_settings(
     settings.schedule_rng_seed = rules.schedule_rng_seed
     settings.performance_sample_count_override = performance_sample_count or rules.performance_sample_count
 
-    latency = rules.constant_stream if scenario == "ConstantStream" else rules.single_stream
+    latency = rules.constant_stream if measured_scenario == "ConstantStream" else rules.single_stream
     settings.min_duration_ms = latency.min_duration_ms
     settings.min_query_count = latency.min_query_count
     settings.max_query_count = 0
     settings.max_duration_ms = 0
 
-    if scenario == "SingleStream":
+    if measured_scenario == "SingleStream":
         settings.single_stream_target_latency_percentile = latency.target_latency_percentile
-        if expected_latency_ns:
+        if expected_latency_ns and scenario == "SingleStream":
             settings.single_stream_expected_latency_ns = int(expected_latency_ns)
-    elif scenario == "MultiStream":
+    elif measured_scenario == "MultiStream":
         settings.multi_stream_target_latency_percentile = latency.target_latency_percentile
         if samples_per_query is not None:
             settings.multi_stream_samples_per_query = samples_per_query
         if expected_latency_ns:
             settings.multi_stream_expected_latency_ns = int(expected_latency_ns)
-    elif scenario == "Offline":
+    elif measured_scenario == "Offline":
         if expected_latency_ns:
             settings.offline_expected_qps = 1e9 / expected_latency_ns
     else:
         constant = rules.constant_stream
         settings.server_target_latency_percentile = constant.target_latency_percentile
-        settings.server_target_qps = constant.target_qps
+        settings.server_target_qps = target_qps or constant.target_qps
         settings.server_target_latency_ns = int(constant.target_latency_ms * 1e6)
         settings.server_constant_gen = constant.constant_gen
 
     if execution_mode == "test" or mode == "find-performance":
         settings.min_query_count = test_query_count
-        settings.max_query_count = test_query_count
+        settings.max_query_count = 0 if measured_scenario == "ConstantStream" else test_query_count
         settings.min_duration_ms = TEST_MIN_DURATION_MS
 
     if user_conf is not None:
@@ -296,6 +366,44 @@ def user_conf_text(settings: lg.TestSettings, scenario: str, round: str) -> str:
     values["max_query_count"] = str(settings.max_query_count)
     values["performance_sample_count_override"] = str(settings.performance_sample_count_override)
     lines += [f"{prefix}.{key} = {value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def effective_user_conf_text(values: dict[str, object], scenario: str, round: str) -> str | None:
+    """The settings a detail log records as effective, written as a user.conf (None: not in the log).
+
+    This is what LoadGen used, which can differ from what was asked: the v1.0 LoadGen derives the
+    ConstantStream QPS from a non-zero target latency, and a SingleStream target latency is logged as
+    its QPS (``1 / latency``).
+    """
+    if "effective_target_qps" not in values:
+        return None
+    logged = str(values.get("effective_scenario") or scenario).replace(" ", "")
+    qps = float(values["effective_target_qps"])  # type: ignore[arg-type]
+    lines = [
+        f"# Effective LoadGen settings of this run (round {round}), from its mlperf_log_detail.txt.",
+        *(
+            f"# {seed} = {values.get(f'effective_{seed}')}"
+            for seed in ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed")
+        ),
+    ]
+    entries: dict[str, str] = {}
+    if logged == "ConstantStream":
+        entries["target_qps"] = repr(qps)
+        entries["target_latency"] = _ms(float(values.get("effective_target_latency_ns") or 0))  # type: ignore[arg-type]
+        if "effective_server_constant_gen" in values:
+            entries["constant_gen"] = str(int(bool(values["effective_server_constant_gen"])))
+    elif qps > 0:
+        entries["target_latency"] = _ms(1e9 / qps)
+    entries["target_latency_percentile"] = _percent(
+        float(values.get("effective_target_latency_percentile", 0))
+    )  # type: ignore[arg-type]
+    for key in ("min_duration", "max_duration"):
+        entries[key] = str(values.get(f"effective_{key}_ms"))
+    for key in ("min_query_count", "max_query_count"):
+        entries[key] = str(values.get(f"effective_{key}"))
+    entries["performance_sample_count_override"] = str(values.get("effective_performance_sample_count"))
+    lines += [f"{MODEL_NAME}.{logged}.{key} = {value}" for key, value in entries.items()]
     return "\n".join(lines) + "\n"
 
 

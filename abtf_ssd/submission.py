@@ -8,17 +8,19 @@ Input, as written by :mod:`abtf_ssd.harness` (one folder per scenario)::
       TEST01/performance/run_1/ (closed)  the compliance run (audit.config), its accuracy log
     <results_dir>/<system>/mlc-sut-info.json (or <results_dir>/mlc-sut-info.json): the system
 
-Output: ``<submission_dir>/<division>/<submitter>/{systems, src/ssd, results}`` (layout in
-:mod:`abtf_ssd.checker`). The accuracy log is truncated the way the upstream truncation tool
-does it (first and last 4096 bytes around ``"\\n\\n...\\n\\n"``) when it is over 10 KiB, and
-``hash=<sha256 of the original log>`` is appended to accuracy.txt. For the closed division,
-TEST01 is verified here: performance (early-stopping estimates within 10 %, 20 % at or under
-200 us) and accuracy (each compliance-log response equals the accuracy run's response for
-that ``qsl_idx``).
-
-A closed-division result needs the automotive LoadGen; logs of the PyPI inference LoadGen are
-refused for it (:func:`abtf_ssd.checker.is_automotive_loadgen`) and accepted, with a note,
-for the open division. The finished tree is checked with :func:`abtf_ssd.checker.run_checks`.
+Output: ``<submission_dir>/<division>/<submitter>/`` in the layout of the round's official
+checker (:data:`abtf_ssd.checker.LAYOUTS`: v1.0 ``{systems, src/ssd, results}``, v0.5 ``{systems,
+code/ssd/<implementation>, measurements, results, compliance}``). The accuracy log is truncated
+the way the upstream truncation tool does it (first and last 4096 bytes around
+``"\\n\\n...\\n\\n"``) when it is over 10 KiB, and ``hash=<sha256 of the original log>`` is appended
+to accuracy.txt. For the closed division, TEST01 is verified here: performance (early-stopping
+estimates within 10 %, 20 % at or under 200 us) and accuracy (each compliance-log response equals
+the accuracy run's response for that ``qsl_idx``); with ``official_tools`` (an unpacked
+mlperf_automotive checkout) the round's own TEST01 scripts verify it instead
+(:func:`abtf_ssd.official.verify_test01`). A closed-division result needs the automotive LoadGen;
+logs of the PyPI inference LoadGen are refused for it
+(:func:`abtf_ssd.checker.is_automotive_loadgen`) and accepted, with a note, for the open division.
+The finished tree is checked with :func:`abtf_ssd.checker.run_checks`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from abtf_ssd import checker
 from abtf_ssd.checker import (
     ACCURACY_LOG,
     ACCURACY_TXT,
+    DEFAULT_IMPLEMENTATION,
     DETAIL_LOG,
     DIVISIONS,
     MAP_TARGET,
@@ -51,6 +54,7 @@ from abtf_ssd.checker import (
     SYSTEM_TYPE,
     TRUNCATION_MARKER,
     CheckError,
+    TreeLayout,
     is_automotive_loadgen,
     loadgen_description,
     read_accuracy_entries,
@@ -61,7 +65,7 @@ from abtf_ssd.checker import (
 from abtf_ssd.fileio import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
 from abtf_ssd.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
 from abtf_ssd.report import LogFormatError
-from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, get_round
+from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, METRIC_LABELS, MODEL_NAME, get_round
 from abtf_ssd.sysinfo import SUT_INFO_NAME
 
 logger = logging.getLogger(__name__)
@@ -288,10 +292,16 @@ def scenario_readme(
     run_info: dict[str, Any],
     command: str | None,
     notes: list[str],
+    version: str = "v0.5",
 ) -> str:
-    """README.md of one scenario: the results table, how it was run, notes."""
+    """README.md of one scenario: the results table (with the metric ``version`` reports), how it was
+    run, notes."""
+    metric = get_round(version).metric(scenario)
+    value = perf.get(metric)
+    shown = f"{value:.3f}" if metric.endswith("_per_sec") and isinstance(value, (int, float)) else _ms(value)
     rows = [
-        ("Early-stopping 99.9th percentile latency (ms), the reported metric", _ms(perf.get(RESULT_KEY))),
+        (f"{METRIC_LABELS[metric].capitalize()}, the metric round {version} reports", shown),
+        ("Early-stopping 99.9th percentile latency (ms)", _ms(perf.get(RESULT_KEY))),
         ("99.9th percentile latency (ms)", _ms(perf.get("result_99.90_percentile_latency_ns"))),
         ("Mean latency (ms)", _ms(perf.get("result_mean_latency_ns"))),
         ("Queries", str(perf.get("result_query_count", "n/a"))),
@@ -396,6 +406,11 @@ def verify_test01_performance(
     ]
     if ref_score * (1 - tolerance) < test_score < ref_score * (1 + tolerance):
         return verdict(True, "TEST PASS")
+    if allow_test_mode:
+        lines.append(
+            "test mode: two short runs on one machine differ by noise; this comparison is not judged "
+            "(a valid run is)"
+        )
     return verdict(False, "TEST FAIL: Test score invalid")
 
 
@@ -457,9 +472,17 @@ def _subset_map(log: Path, indices: list[int] | None, dataset: Path) -> float:
 
 
 def write_test01(
-    runs: ScenarioRuns, destination: Path, allow_test_mode: bool, dataset_dir: Path | None
+    runs: ScenarioRuns,
+    destination: Path,
+    allow_test_mode: bool,
+    dataset_dir: Path | None,
+    official_tools: Path | None = None,
 ) -> tuple[bool, bool]:
-    """TEST01/ of one scenario; returns (performance passed, accuracy responses identical)."""
+    """TEST01/ of one scenario; returns (performance passed, accuracy responses identical).
+
+    ``official_tools``: verify with the round's compliance scripts (:func:`abtf_ssd.official.verify_test01`)
+    instead of this module's verification.
+    """
     assert runs.test01 is not None
     test_log = runs.test01 / ACCURACY_LOG
     if not test_log.is_file():
@@ -468,13 +491,21 @@ def write_test01(
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUMMARY_LOG, DETAIL_LOG):
         _copy_atomic(runs.test01 / name, run_dir / name)
-    performance = verify_test01_performance(
-        runs.performance / DETAIL_LOG, runs.test01 / DETAIL_LOG, allow_test_mode
-    )
-    atomic_write_text(destination / "verify_performance.txt", performance.text)
-
     accuracy, indices = verify_test01_accuracy(runs.accuracy / ACCURACY_LOG, test_log)
-    atomic_write_text(destination / "verify_accuracy.txt", accuracy.text)
+    if official_tools is not None:
+        from abtf_ssd.official import verify_test01
+
+        performance_passed, accuracy_passed = verify_test01(
+            official_tools, runs.performance, runs.accuracy / ACCURACY_LOG, runs.test01, destination
+        )
+        accuracy = Test01Verdict(accuracy_passed, accuracy.text)
+    else:
+        performance = verify_test01_performance(
+            runs.performance / DETAIL_LOG, runs.test01 / DETAIL_LOG, allow_test_mode
+        )
+        performance_passed = performance.passed
+        atomic_write_text(destination / "verify_performance.txt", performance.text)
+        atomic_write_text(destination / "verify_accuracy.txt", accuracy.text)
     acc_dir = destination / "accuracy"
     acc_dir.mkdir(parents=True, exist_ok=True)
     _copy_atomic(test_log, acc_dir / ACCURACY_LOG)
@@ -497,7 +528,7 @@ def write_test01(
             "dataset (pass dataset_dir / --dataset_dir)"
         )
     atomic_write_text(acc_dir / ACCURACY_TXT, summary)
-    return performance.passed, accuracy.passed
+    return performance_passed, accuracy.passed
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,19 +649,40 @@ def _loadgen_notes(runs: ScenarioRuns, division: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where one system's result goes in the staged submitter folder, by the round's layout."""
+
+    submitter_dir: Path
+    tree: TreeLayout
+    system_name: str
+    implementation: str
+
+    def results(self, scenario: str) -> Path:
+        return self.submitter_dir / "results" / self.system_name / MODEL_NAME / scenario
+
+    def measurements(self, scenario: str) -> Path:
+        return self.tree.measurements_dir(self.submitter_dir, self.system_name, scenario)
+
+    def compliance(self, scenario: str) -> Path:
+        return self.tree.compliance_dir(self.submitter_dir, self.system_name, scenario)
+
+
 def _write_scenario(
     runs: ScenarioRuns,
     notes: list[str],
-    destination: Path,
-    system_name: str,
+    target: _Target,
     division: str,
     allow_test_mode: bool,
     measurement_overrides: dict[str, str] | None,
     dataset_dir: str | Path | None,
+    official_tools: Path | None,
 ) -> None:
     notes = list(notes)
     run_info = _run_info(runs)
     perf, _ = read_detail(runs.performance / DETAIL_LOG)
+    results = target.results(runs.name)
+    measured = target.measurements(runs.name)
 
     user_conf = next(
         (
@@ -644,10 +696,13 @@ def _write_scenario(
         raise SubmissionError(
             f"{runs.performance}: no {USER_CONF} (the harness writes the run's settings there)"
         )
-    _copy_atomic(user_conf, destination / USER_CONF)
-    atomic_write_json(destination / "measurements.json", measurements(run_info, measurement_overrides))
+    _copy_atomic(user_conf, measured / USER_CONF)
+    atomic_write_json(
+        measured / target.tree.measurements_file(target.system_name, runs.name, target.implementation),
+        measurements(run_info, measurement_overrides),
+    )
 
-    run_dir = destination / "performance" / "run_1"
+    run_dir = results / "performance" / "run_1"
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUMMARY_LOG, DETAIL_LOG):
         _copy_atomic(runs.performance / name, run_dir / name)
@@ -656,7 +711,7 @@ def _write_scenario(
     if perf_acc_log.is_file() and perf_acc_log.stat().st_size > 0 and read_accuracy_entries(perf_acc_log):
         truncate_accuracy_log(perf_acc_log, run_dir / ACCURACY_LOG)
 
-    acc_dir = destination / "accuracy"
+    acc_dir = results / "accuracy"
     acc_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUMMARY_LOG, DETAIL_LOG):
         _copy_atomic(runs.accuracy / name, acc_dir / name)
@@ -665,12 +720,20 @@ def _write_scenario(
     digest = truncate_accuracy_log(runs.accuracy / ACCURACY_LOG, acc_dir / ACCURACY_LOG)
     atomic_write_text(acc_dir / ACCURACY_TXT, accuracy_txt_with_hash(runs.accuracy / ACCURACY_TXT, digest))
     map_value = read_map(runs.accuracy / ACCURACY_TXT)
+    if map_value is not None and map_value < MAP_TARGET:
+        notes.append(
+            f"mAP {map_value:.7f} is under the target {MAP_TARGET:.7f}: "
+            + ("not a valid closed result." if division == "closed" else "accepted for the open division.")
+        )
 
     if division == "closed":
         dataset = _dataset_dir(dataset_dir, runs)
-        perf_ok, acc_ok = write_test01(runs, destination / "TEST01", allow_test_mode, dataset)
+        perf_ok, acc_ok = write_test01(
+            runs, target.compliance(runs.name) / COMPLIANCE_TEST, allow_test_mode, dataset, official_tools
+        )
+        verifier = "the round's official compliance scripts" if official_tools else "abtf_ssd.submission"
         notes.append(
-            f"TEST01: performance {'passed' if perf_ok else 'FAILED'}; responses "
+            f"TEST01 (verified by {verifier}): performance {'passed' if perf_ok else 'FAILED'}; responses "
             f"{'identical to' if acc_ok else 'differ from'} the accuracy run."
         )
     if allow_test_mode:
@@ -684,8 +747,10 @@ def _write_scenario(
     )
     command = command_file.read_text(encoding="utf-8") if command_file else None
     atomic_write_text(
-        destination / "README.md",
-        scenario_readme(system_name, runs.name, perf, map_value, run_info, command, notes),
+        measured / "README.md",
+        scenario_readme(
+            target.system_name, runs.name, perf, map_value, run_info, command, notes, target.tree.round
+        ),
     )
 
 
@@ -703,23 +768,29 @@ def generate_submission(
     version: str = "v0.5",
     measurement_overrides: dict[str, str] | None = None,
     dataset_dir: str | Path | None = None,
+    implementation: str = DEFAULT_IMPLEMENTATION,
+    official_tools: str | Path | None = None,
 ) -> Path:
     """Build ``<submission_dir>/<division>/<submitter>/`` for ``system_name`` and check it.
 
     Args:
         results_dir: the harness's results folder (``<system>/ssd/<scenario>/...``).
         submission_dir: root of the tree; other systems already in it are kept, this
-            system's results, its systems JSON and ``src/ssd`` are replaced.
+            system's results, measurements, compliance, systems JSON and code are replaced.
         submitter, division ("closed" | "open"), system_name: folder names.
         status: one of hardened, development, engineering_samples, presilicon.
         sut_info: the system description (dict or JSON path); default mlc-sut-info.json of the results.
-        code_dir: the code that produced the results, copied to ``src/ssd/<code_dir name>``.
+        code_dir: the code that produced the results, copied into the round's code folder.
         tar: also write ``<submission_dir>.tar.gz`` (:func:`tarball_path`).
         allow_test_mode: check with the test-mode relaxations
             (:data:`abtf_ssd.checker.TEST_MODE_RELAXED_RULES`).
-        measurement_overrides: values for measurements.json (e.g. ``weight_data_types``).
+        version: the round; it decides the layout (:data:`abtf_ssd.checker.LAYOUTS`) and the rules.
+        measurement_overrides: values for the measurements JSON (e.g. ``weight_data_types``).
         dataset_dir: preprocessed dataset, only needed when TEST01 responses differ from the
             accuracy run (default: the ``dataset_dir`` in the runs' results.json).
+        implementation: the implementation name of the v0.5 layout (``code/ssd/<implementation>``).
+        official_tools: an unpacked mlperf_automotive checkout of the round: TEST01 is verified by
+            its compliance scripts.
 
     Returns:
         ``submission_dir``.
@@ -736,7 +807,13 @@ def generate_submission(
         raise SubmissionError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     _check_name(submitter, "submitter")
     _check_name(system_name, "system name")
-    get_round(version)
+    _check_name(implementation, "implementation")
+    tree = checker.layout(version)
+    tools = None
+    if official_tools is not None:
+        from abtf_ssd.official import check_tools
+
+        tools = check_tools(official_tools)
     if not results_dir.is_dir():
         raise SubmissionError(f"results folder {results_dir} does not exist")
     scenarios = find_scenarios(results_dir, system_name)
@@ -772,8 +849,9 @@ def generate_submission(
     staging = Path(tempfile.mkdtemp(prefix=f".{submission_dir.name}-staging-", dir=submission_dir.parent))
     try:
         staged = staging / "tree"
+        target = _Target(staged, tree, system_name, implementation)
         atomic_write_json(_mkparent(staged / "systems" / f"{system_name}.json"), system)
-        code_target = staged / "src" / MODEL_NAME
+        code_target = tree.code_dir(staged, implementation)
         copy_code(code_dir, code_target / code_dir.name)
         atomic_write_text(
             code_target / "README.md",
@@ -784,25 +862,27 @@ def generate_submission(
             _write_scenario(
                 runs,
                 loadgen_notes[runs.name],
-                staged / "results" / system_name / MODEL_NAME / runs.name,
-                system_name,
+                target,
                 division,
                 allow_test_mode,
                 measurement_overrides,
                 dataset_dir,
+                tools,
             )
         trash = staging / "trash"
         trash.mkdir()
         final = submission_dir / division / submitter
-        _replace_path(
-            staged / "systems" / f"{system_name}.json", final / "systems" / f"{system_name}.json", trash
-        )
-        _replace_path(code_target, final / "src" / MODEL_NAME, trash)
-        _replace_path(staged / "results" / system_name, final / "results" / system_name, trash)
+        moved = [Path("systems") / f"{system_name}.json", code_target.relative_to(staged)]
+        moved += [Path(top) / system_name for top in ("measurements", "results", "compliance")]
+        for relative in moved:
+            if (staged / relative).exists():
+                _replace_path(staged / relative, final / relative, trash)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     report = checker.run_checks(submission_dir, version, allow_test_mode)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
     if report.errors:
         raise SubmissionCheckError(report.errors)
     if tar:
@@ -829,7 +909,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset_dir", type=Path, help="preprocessed dataset, for a non-deterministic TEST01"
     )
-    parser.add_argument("--version", default="v0.5")
+    parser.add_argument("--version", default="v0.5", help="round: its layout and rules (default v0.5)")
+    parser.add_argument(
+        "--implementation", default=DEFAULT_IMPLEMENTATION, help="v0.5 layout: code/ssd/<implementation>"
+    )
+    parser.add_argument(
+        "--official_tools",
+        type=Path,
+        help="unpacked mlperf_automotive checkout: verify TEST01 with its scripts",
+    )
     parser.add_argument("--tar", action="store_true", help="also write <submission_dir>.tar.gz")
     parser.add_argument(
         "--allow_test_mode", action="store_true", help="accept test-mode runs (not valid results)"
@@ -848,6 +936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_test_mode=args.allow_test_mode,
             version=args.version,
             dataset_dir=args.dataset_dir,
+            implementation=args.implementation,
+            official_tools=args.official_tools,
         )
     except (SubmissionError, LogFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

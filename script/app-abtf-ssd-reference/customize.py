@@ -26,6 +26,7 @@ _OPTIONS = {
     "user_conf": ("MLC_ABTF_RUN_USER_CONF", str),
     "audit_config": ("MLC_ABTF_RUN_AUDIT_CONFIG", str),
     "dataset_prefix": ("MLC_ABTF_DATASET_PREFIX", str),
+    "target_qps": ("MLC_ABTF_RUN_CONSTANTSTREAM_TARGET_QPS", float),
 }
 
 

@@ -22,3 +22,13 @@ def _check(env):
     env["MLC_ABTF_SUBMISSION_CHECK_ERRORS"] = str(len(report.errors))
     if report.errors:
         raise ValueError(f"{len(report.errors)} error(s), listed above")
+    if env.get("MLC_ABTF_SUBMISSION_OFFICIAL_TOOLS"):
+        from abtf_ssd.official import check_with_official
+
+        test_mode = env_flag(env.get("MLC_ABTF_SUBMISSION_TEST_MODE", ""))
+        passed, text = check_with_official(
+            env["MLC_ABTF_SUBMISSION_OFFICIAL_TOOLS"], submission_dir, version, test_mode
+        )
+        print(text, end="")
+        if not passed:
+            raise ValueError("the official checker does not accept the tree (above)")

@@ -40,6 +40,8 @@ def _generate(env):
         allow_test_mode=test_mode,
         version=env["MLC_ABTF_SUBMISSION_VERSION"],
         dataset_dir=env.get("MLC_ABTF_SUBMISSION_DATASET_DIR") or None,
+        implementation=env.get("MLC_ABTF_SUBMISSION_IMPLEMENTATION") or submission.DEFAULT_IMPLEMENTATION,
+        official_tools=env.get("MLC_ABTF_SUBMISSION_OFFICIAL_TOOLS") or None,
     )
     if test_mode:
         print("test mode: relaxed rules: " + "; ".join(TEST_MODE_RELAXED_RULES.values()))
