@@ -184,11 +184,11 @@ class Step:
 class _Reader:
     """Typed reads of a YAML mapping with errors that name the plan file and the key."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, plan_file: Path) -> None:
+        self.plan_file = plan_file
 
     def fail(self, key: str, problem: str) -> PlanError:
-        return PlanError(f"plan {self.path}: {key}: {problem}")
+        return PlanError(f"plan {self.plan_file}: {key}: {problem}")
 
     def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -243,7 +243,7 @@ class _Reader:
     def path(self, value: Any, key: str) -> Path:
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"{value!r} is not allowed; allowed: a path (relative to the plan's folder)")
-        return (self.path.parent / Path(value).expanduser()).resolve()
+        return (self.plan_file.parent / Path(value).expanduser()).resolve()
 
 
 def load_plan(path: str | Path, output: str | Path | None = None) -> Plan:

@@ -255,6 +255,8 @@ MALFORMED = [
     (_with((*RUN, "scenarios"), None, delete=True), "systems[0].runs[0].scenarios: missing"),
     (_with((*RUN, "batchsize"), 2), "systems[0].runs[0].batchsize: unknown key; allowed: framework, device"),
     (_with(("systems",), GOOD["systems"] * 2), "systems[1].name: system 'sut' is planned twice"),
+    (_with((*RUN, "user_conf"), 5), "systems[0].runs[0].user_conf: 5 is not allowed; allowed: a path"),
+    (_with(("systems", 0, "sut_info"), ""), "systems[0].sut_info: '' is not allowed; allowed: a path"),
 ]
 
 
@@ -350,3 +352,52 @@ def test_max_hours_refuses_before_anything_is_written(tmp_path: Path) -> None:
 def test_automation_is_not_a_python_package() -> None:
     """mlcflow's own script engine is the top-level package ``automation``."""
     assert not list((REPO / "automation").rglob("*.py"))
+
+
+def test_local_source_runs_and_is_kept_on_rerun(
+    tiny_dataset, demo_onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``local`` source (paths relative to the plan), one model per framework; a rerun keeps it all."""
+    import yaml
+
+    data = _with((*RUN, "source"), {"kind": "local", "model": {"onnxruntime": "m.onnx"}, "dataset": "val"})
+    data["systems"][0]["runs"][0].update(test_query_count=3, threads=1)
+    data["execution_mode"] = "test"
+    shutil.copyfile(demo_onnx_model, tmp_path / "m.onnx")
+    shutil.copytree(tiny_dataset.preprocessed, tmp_path / "val")
+    plan_file = tmp_path / "local.yaml"
+    plan_file.write_text(yaml.safe_dump(data))
+    output = tmp_path / "out"
+
+    assert cli_main(["plan", "run", str(plan_file), "--output", str(output)]) == 0
+    first = _run_files(output, "sut")
+    marker = json.loads((_scenario(output, "sut") / "accuracy" / plan.MARKER_NAME).read_text())
+    assert marker["identity"]["dataset"]["samples"] == tiny_dataset.frames
+    assert marker["identity"]["model_sha256"] == checker.sha256_file(demo_onnx_model)
+    assert cli_main(["plan", "run", str(plan_file), "--output", str(output)]) == 0
+    assert _run_files(output, "sut") == first
+    assert "runs: 0 ran, 2 kept from before" in capsys.readouterr().out
+
+    (tmp_path / "m.onnx").unlink()
+    assert cli_main(["plan", "run", str(plan_file), "--output", str(output)]) == 1
+    assert f"systems[0].runs[0].source.model: {tmp_path / 'm.onnx'} does not exist" in capsys.readouterr().err
+    assert _run_files(output, "sut") == first
+
+
+def test_progress_line_counts_queries_and_gives_an_eta() -> None:
+    import io
+
+    stream = io.StringIO()
+    progress = plan.Progress(total=3, done=1, stream=stream, interval_s=0.05)
+    with progress:
+        progress.start("sut SingleStream performance", queries=10, later_seconds=100.0)
+        progress.answered_samples(1)  # the harness's warm-up inference
+        for _ in range(4):
+            progress.answered_samples(1)
+        time.sleep(0.2)
+        line = progress.line()
+    assert line.startswith(
+        "[plan] runs done 1/3, 2 left | sut SingleStream performance: 4/10 queries | ETA 0:01:"
+    )
+    periodic = [text for text in stream.getvalue().splitlines() if text.startswith("[plan] runs done")]
+    assert periodic and not stream.isatty()
