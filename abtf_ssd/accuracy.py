@@ -386,6 +386,34 @@ def _dataset_of_run(log_path: Path) -> Path | None:
     return Path(dataset) if dataset else None
 
 
+def _run_mode(log_path: Path) -> str | None:
+    """The mode (``performance``, ``accuracy``, ...) the results.json beside a log records, if any."""
+    try:
+        options = json.loads((log_path.parent / "results.json").read_text(encoding="utf-8")).get("options")
+        return options.get("mode") if isinstance(options, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+_ACCURACY_FOLDER_LEVELS = 3
+"""How far up from a log its scenario folder (holding ``accuracy/``) can be: ``performance/run_1``."""
+
+
+def _empty_log_message(log_path: Path) -> str:
+    """Why a log without entries has no mAP, and which folder to give instead."""
+    mode = _run_mode(log_path)
+    what = f"the log of a {mode} run" if mode and mode != "accuracy" else "an empty log"
+    message = (
+        f"{log_path}: no accuracy entries: {what} (LoadGen logs detections only in accuracy mode); "
+        "no accuracy.txt written"
+    )
+    for folder in list(log_path.parents)[:_ACCURACY_FOLDER_LEVELS]:
+        candidate = folder / "accuracy" / ACCURACY_LOG
+        if candidate != log_path and candidate.is_file():
+            return f"{message}; give the accuracy run's folder: {candidate.parent}"
+    return f"{message}; give the folder of an accuracy run (mode accuracy)"
+
+
 def accuracy_main(
     result_dir: str | Path | None = None,
     log_path: str | Path | None = None,
@@ -409,6 +437,8 @@ def accuracy_main(
     if dataset is None:
         raise ValueError(f"{log}: no dataset_path given and no results.json beside it naming the dataset")
     detections = read_accuracy_log(log, sample_count=count_samples(dataset, prefix))
+    if not detections:
+        raise AccuracyLogError(_empty_log_message(log))
     result = compute_map(detections, dataset, prefix=prefix)
     write_accuracy_txt(result, Path(out) if out is not None else log.parent / ACCURACY_TXT)
     return result

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import codecs
 import configparser
-import contextlib
 import datetime
 import errno
-import fcntl
 import gzip
 import hashlib
 import io
@@ -54,13 +52,13 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from abtf_ssd.cognata import SPLIT_PREFIXES
-from abtf_ssd.fileio import atomic_write_bytes, atomic_write_json
+from abtf_ssd.fileio import atomic_write_bytes, atomic_write_json, exclusive_lock
 
 RCLONE_REMOTE = "mlc-cognata"
 DRIVE_ROOT_FOLDER_ID = "1u5FDoeXHVtDrd4zClE47Gmyr7iLFidz1"
@@ -173,6 +171,10 @@ class InsufficientSpaceError(DownloadError):
     """Too little free space to extract a verified tarball; the tarball is kept for the rerun."""
 
 
+class RcloneNotInstalled(DownloadError):
+    """No ``rclone`` executable on PATH: the message says how to install it and what runs offline."""
+
+
 class RcloneLoginRequired(DownloadError):
     """The ``mlc-cognata`` remote needs an interactive login and ``interactive`` was False."""
 
@@ -266,6 +268,24 @@ def _run(cmd: Sequence[str], what: str, hint: str = "") -> None:
         raise
     if returncode != 0:
         raise DownloadError(f"{what} failed with exit status {returncode}: {shlex.join(cmd)}{hint}")
+
+
+RCLONE_INSTALL_HINT = "install it: apt-get install rclone (or https://rclone.org/install/)"
+OFFLINE_HINT = (
+    "without the MLCommons data, the _synthetic variation runs offline (synthetic Cognata-like frames, "
+    "the demo model)"
+)
+
+
+def require_rclone(rclone: str = "rclone") -> str:
+    """The path of the ``rclone`` executable; :class:`RcloneNotInstalled` when there is none."""
+    found = shutil.which(rclone)
+    if found is None:
+        raise RcloneNotInstalled(
+            f"rclone is not installed (no {rclone!r} on PATH): {RCLONE_INSTALL_HINT}, then rerun to log in "
+            f"once; {OFFLINE_HINT}"
+        )
+    return found
 
 
 def _require_executable(name: str, hint: str) -> str:
@@ -395,7 +415,7 @@ def ensure_rclone_remote(
             f"rclone remote {RCLONE_REMOTE!r} in {config} has no login token; run interactively: "
             + " && ".join(shlex.join(cmd) for cmd in commands)
         )
-    _require_executable(rclone, "install rclone (apt-get install rclone, or https://rclone.org/install/)")
+    require_rclone(rclone)
     config.parent.mkdir(parents=True, exist_ok=True)
     for cmd in commands:
         _run(cmd, f"rclone config ({cmd[4]})")
@@ -736,21 +756,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock, so two runs never download into the same out_dir entry at once."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"# waiting for another download holding {path}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _r2_payload(artifact: Artifact, folder: Path) -> list[Path]:
     """The downloaded file(s) of ``artifact`` inside the R2 downloader's folder."""
     checksum_list = f"{artifact.r2_uri_name}.md5"
@@ -854,6 +859,8 @@ def fetch(
 
     if dry_run:
         if tool == "rclone":
+            if shutil.which(rclone) is None:
+                _say(f"# rclone is not installed: {RCLONE_INSTALL_HINT}")
             config = ensure_rclone_remote(rclone_config, interactive, rclone=rclone, dry_run=True)
             _say(shlex.join(rclone_command(artifact, _download_target(artifact, partial), config, rclone)))
         else:
@@ -870,17 +877,25 @@ def fetch(
         _say(f"# then: {steps.get(artifact.kind, 'rename')} -> {final}")
         return final
 
+    if tool == "rclone":
+        # Before anything is written: a missing tool or login leaves out_dir as it was.
+        require_rclone(rclone)
+        config = ensure_rclone_remote(rclone_config, interactive, rclone=rclone)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out_dir / f".{artifact.final_name}.lock"):
+    lock = out_dir / f".{artifact.final_name}.lock"
+
+    def busy() -> DownloadError:
+        return DownloadError(
+            f"{out_dir}: another download of {artifact.name} is writing here ({lock}); "
+            "wait for it, then rerun"
+        )
+
+    with exclusive_lock(lock, busy):
         if is_complete(artifact, out_dir):
             return final
         for stale in out_dir.glob(f".{artifact.final_name}.extract-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if tool == "rclone":
-            config = ensure_rclone_remote(rclone_config, interactive, rclone=rclone)
-            _require_executable(
-                rclone, "install rclone (apt-get install rclone, or https://rclone.org/install/)"
-            )
             target = _download_target(artifact, partial)
             reconnect = rclone_config_commands(config, rclone, create=False)[0]
             _run(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -199,6 +200,12 @@ def build_ssd(config_name: str) -> SSDResNet50:
 # torch's message wraps the reason in advice to retry with weights_only=False: exactly what a
 # file that tries to run code must not get, so only the reason is kept.
 _UNPICKLING_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+_PICKLE_PROTOCOL_OPCODE = 0x80
+"""First byte of a pickle of protocol 2 or later: how torch's legacy (non-zip) format starts."""
+_TORCH_ZIP_RECORD = "data.pkl"
+"""The pickle inside torch's zip format, in the archive's one top-level folder."""
+_NAMES_SHOWN = 3
+"""Parameter names quoted in a does-not-fit message; the counts say how many more there are."""
 
 
 def _unpickling_reason(error: pickle.UnpicklingError) -> str:
@@ -210,33 +217,103 @@ def _unpickling_reason(error: pickle.UnpicklingError) -> str:
     return "it is not a plain tensor checkpoint (it asks for objects the weights-only loader does not allow)"
 
 
+def _format_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a file ``torch.save`` wrote (judged from its first bytes), or None."""
+    with path.open("rb") as handle:
+        head = handle.read(1)
+    if not head:
+        return "the file is empty"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as error:
+            return f"a damaged zip archive ({error})"
+        if not any(name.count("/") == 1 and name.endswith("/" + _TORCH_ZIP_RECORD) for name in names):
+            return f"a zip archive without torch's <name>/{_TORCH_ZIP_RECORD}"
+        return None
+    if head[0] != _PICKLE_PROTOCOL_OPCODE:
+        return "neither torch's zip format nor its legacy pickle format"
+    return None
+
+
+def read_state_dict(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint saved as ``{"model_state_dict": sd, ...}`` or as a bare state dict.
+
+    Read with torch's weights-only loader (``mmap``: tensors mapped from the file, not read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is no PyTorch checkpoint (one line naming it and why), is refused by
+            the weights-only loader (it would build objects or run code), or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    problem = _format_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path}: not a PyTorch checkpoint: {problem}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused: {_unpickling_reason(error)}") from None
+    except Exception as error:  # torch's reader fails in many ways on a file it did not write
+        reason = str(error).splitlines()[0] if str(error) else "the file ends early"
+        raise ValueError(f"{path}: not a PyTorch checkpoint: {type(error).__name__}: {reason:.200}") from None
+    state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict nor a dict with 'model_state_dict'")
+    return state
+
+
+def _quoted(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown + (f", ... ({len(names) - _NAMES_SHOWN} more)" if len(names) > _NAMES_SHOWN else "")
+
+
+def shapes_of(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a state dict."""
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def fit_problem(
+    own: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], config_name: str
+) -> str | None:
+    """Why a checkpoint whose tensor shapes are ``found`` does not fit a model whose are ``own``, in
+    one short line (counts of missing, unexpected and reshaped names and the first few), or None."""
+    missing = [k for k in own if k not in found]
+    unexpected = [k for k in found if k not in own]
+    reshaped = [f"{k} {found[k]} vs {own[k]}" for k in own if k in found and found[k] != own[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_quoted(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_quoted(unexpected)})")
+    if reshaped:
+        parts.append(f"{len(reshaped)} of another shape, checkpoint vs model ({_quoted(reshaped)})")
+    if not parts:
+        return None
+    return f"does not fit the {config_name!r} model ({len(own)} tensors): " + "; ".join(parts)
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load weights saved as ``{"model_state_dict": sd, ...}`` or as a bare state dict (strict).
 
     Half-precision tensors (the committed demo weights) are converted to the model's dtype.
 
     Raises:
-        ValueError: the file is refused by torch's weights-only loader (it would build objects or
-            run code), is no PyTorch checkpoint, holds no state dict, or its keys / shapes do not
-            fit the model.
+        ValueError: as :func:`read_state_dict`, or the checkpoint's names / shapes do not fit the
+            model (a short message: counts and the first few names).
     """
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refused: {_unpickling_reason(error)}") from None
-    except (RuntimeError, EOFError) as error:
-        reason = str(error) or "the file ends early"
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint: {reason}") from None
-    state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict nor a dict with 'model_state_dict'")
+    state = read_state_dict(path)
     own = model.state_dict()
-    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: checkpoint does not fit the model: {error}") from None
+    config_name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+    problem = fit_problem(shapes_of(own), shapes_of(state), config_name)
+    if problem is not None:
+        raise ValueError(f"{path}: checkpoint {problem}; is it a checkpoint of this model and config?")
+    state = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -78,6 +78,7 @@ _CHANNELS = 3
 _PAGE = mmap.PAGESIZE
 _SAMPLE_FILE = re.compile(r"([A-Za-z0-9-]+)_(\d+)\.pkl")
 _NOT_WRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+_NO_SAMPLES = "holds no preprocessed samples"
 
 
 class StoreError(RuntimeError):
@@ -86,6 +87,14 @@ class StoreError(RuntimeError):
 
 class MissingSamplesError(StoreError, FileNotFoundError):
     """A pickle folder without the sample files its numbering needs (none, or a gap)."""
+
+
+class UnknownPrefixError(StoreError):
+    """A folder holding samples of several prefixes and no prefix asked for; ``prefixes`` lists them."""
+
+    def __init__(self, message: str, prefixes: list[str]) -> None:
+        super().__init__(message)
+        self.prefixes = prefixes
 
 
 class StoreNotWritableError(StoreError, PermissionError):
@@ -457,15 +466,20 @@ def count_sample_files(folder: Path, prefix: str | None = None) -> tuple[str, in
         if match:
             numbers.setdefault(match.group(1), []).append(int(match.group(2)))
     if prefix is None:
+        if not numbers:
+            raise MissingSamplesError(f"{folder}: {_NO_SAMPLES} (no <prefix>_<i>.pkl files)")
         if len(numbers) != 1:
-            found = ", ".join(sorted(numbers)) or "none"
-            raise StoreError(
-                f"{folder}: cannot tell the sample prefix (prefixes found: {found}); pass prefix="
+            prefixes = sorted(numbers)
+            raise UnknownPrefixError(
+                f"{folder}: cannot tell the sample prefix (prefixes found: {', '.join(prefixes)})", prefixes
             )
         prefix = next(iter(numbers))
     indices = sorted(numbers.get(prefix, []))
     if not indices:
-        raise MissingSamplesError(f"{folder}: no {preprocess.sample_name(prefix, 0)} ... sample files")
+        others = f"; it holds {', '.join(sorted(numbers))} samples" if numbers else ""
+        raise MissingSamplesError(
+            f"{folder}: {_NO_SAMPLES} (no {preprocess.sample_name(prefix, 0)} ... files{others})"
+        )
     if indices[-1] != len(indices) - 1:
         missing = next(i for i, found in enumerate(indices) if i != found)
         raise MissingSamplesError(
@@ -636,10 +650,52 @@ def find_store(folder: str | Path) -> Path | None:
     return None
 
 
+def dataset_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be a preprocessed dataset at all, in one line, or None.
+
+    Missing, not a folder, or holding neither ``<prefix>_<i>.pkl`` files (nor a manifest of them)
+    nor a memory-mapped store, in itself or in ``<folder>/mmap``. Whether the samples are complete
+    is :func:`open_dataset`'s to say.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return f"dataset folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"dataset path {folder} is a file, not a folder of preprocessed samples"
+    if _looks_like_store(folder) or _looks_like_store(default_store_dir(folder)) or _holds_pickles(folder):
+        return None
+    return (
+        f"dataset folder {folder} {_NO_SAMPLES} (no <prefix>_<i>.pkl files such as val_0.pkl, no "
+        "memory-mapped store): give the folder that preprocessing or the download wrote"
+    )
+
+
+def check_dataset_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path when :func:`dataset_problem` finds nothing wrong.
+
+    Raises:
+        FileNotFoundError: it does not exist, or holds no samples (:class:`MissingSamplesError`).
+        NotADirectoryError: it is a file.
+    """
+    folder = Path(folder)
+    problem = dataset_problem(folder)
+    if problem is None:
+        return folder
+    if not folder.exists():
+        raise FileNotFoundError(problem)
+    if not folder.is_dir():
+        raise NotADirectoryError(problem)
+    raise MissingSamplesError(problem)
+
+
 def recorded_config(folder: str | Path) -> str | None:
     """The model config a dataset folder was made for: a store's ``store.json`` or a pickle folder's
-    ``dataset.json`` says; None when it says nothing (the official download)."""
-    folder = Path(folder)
+    ``dataset.json`` says; None when it says nothing (the official download).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: as :func:`check_dataset_folder` (no samples at all).
+    """
+    folder = check_dataset_folder(folder)
     if _looks_like_store(folder):
         return read_store_manifest(folder).get("config")
     manifest = preprocess.read_manifest(folder)

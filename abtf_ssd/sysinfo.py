@@ -2,7 +2,8 @@
 
 :func:`collect` reads the operating system, processor, memory, storage, accelerators and the
 versions of the software in the measurement path, using field names of the submission's
-``systems/<system>.json`` where one fits; :func:`write_sut_info` saves it as ``mlc-sut-info.json``.
+``systems/<system>.json`` where one fits; :func:`write_sut_info` saves it as ``mlc-sut-info.json``
+(:func:`sut_info_path`: in the results folder of the system).
 Everything is read from ``/proc``, ``/sys``, ``platform`` and the installed packages; a value that
 cannot be found is ``""`` rather than a guess. :func:`run_problem` says, before any download,
 why a run cannot work here (the device through :func:`abtf_ssd.backends.check_device`, the
@@ -190,6 +191,16 @@ def collect(framework: str | None = None, device: str = "cpu", storage_path: str
         "python": platform.python_version(),
         "other_software_stack": ", ".join(f"{k} {v}" for k, v in software.items() if v),
     }
+
+
+def sut_info_path(results_dir: str | os.PathLike[str] | None = None, system_name: str | None = None) -> Path:
+    """Where a run's results keep the description: ``<results_dir>/<system_name>/mlc-sut-info.json``
+    (absolute), with the harness's defaults (``results``, ``default``) for what is not given."""
+    from abtf_ssd.harness import RunOptions
+
+    defaults = RunOptions(dataset_dir="")
+    folder = Path(results_dir or defaults.results_dir).absolute()
+    return folder / (system_name or defaults.system_name) / SUT_INFO_NAME
 
 
 def write_sut_info(path: str | os.PathLike[str], framework: str | None = None, device: str = "cpu") -> Path:

@@ -508,7 +508,7 @@ def test_fetch_dataset_with_rclone_end_to_end(tmp_path, fake_tools, capsys):
     folder = download.fetch_dataset("validation", out, "rclone", rclone_config=config, interactive=False)
     assert folder == out / "val_2d"
     assert sorted(p.name for p in folder.glob("val_*.pkl")) == ["val_0.pkl", "val_1.pkl", "val_2.pkl"]
-    assert listing(out) == {"val_2d", ".val_2d.lock"}  # tarball and temp folders gone
+    assert listing(out) == {"val_2d"}  # tarball, temp folders and lock file gone
     [call] = fake_tools.calls()
     assert call == download.rclone_command(
         ARTIFACTS["val_2d"], out / ".val_2d.rclone.partial/val_2d.tar.gz", config
@@ -564,7 +564,7 @@ def test_interrupted_download_leaves_no_final_entry_and_rerun_succeeds(tmp_path,
     folder = download.fetch_dataset("calibration", out, rclone_config=config)
     assert folder == out / "calib_2d" / "preprocessed"
     assert sorted(p.name for p in folder.iterdir()) == [f"calib_{i}.pkl" for i in range(5)]
-    assert listing(out) == {"calib_2d", ".calib_2d.lock"}
+    assert listing(out) == {"calib_2d"}
 
 
 def test_truncated_download_is_refused_and_removed(tmp_path, fake_tools, monkeypatch):
@@ -577,7 +577,7 @@ def test_truncated_download_is_refused_and_removed(tmp_path, fake_tools, monkeyp
     with pytest.raises(ChecksumError, match="truncated"):
         download.fetch("val_2d", out, rclone_config=config)
     # No final folder, and the bad file is gone so a rerun cannot skip it as already downloaded.
-    assert listing(out) == {".val_2d.lock", ".val_2d.rclone.partial"}
+    assert listing(out) == {".val_2d.rclone.partial"}  # no lock file left
     assert listing(out / ".val_2d.rclone.partial") == set()
 
     fake_tools.publish("val_2d", good)
@@ -624,10 +624,8 @@ def test_fetch_with_r2_downloader_end_to_end(tmp_path, fake_tools):
     assert download.find_r2_downloader() == downloader
     assert listing(out) == {
         "val_2d",
-        ".val_2d.lock",
         pth.name,
         f".{pth.name}.complete.json",
-        f".{pth.name}.lock",
     }
 
 
@@ -635,9 +633,12 @@ def test_missing_tools_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
     with pytest.raises(DownloadError, match="R2 downloader not found"):
         download.fetch("val_2d", tmp_path / "out", "r2-downloader")
-    with pytest.raises(DownloadError, match="'rclone' not found"):
+    with pytest.raises(
+        download.RcloneNotInstalled, match=r"rclone is not installed.*apt-get install rclone"
+    ) as info:
         download.fetch("val_2d", tmp_path / "out", rclone_config=configured(tmp_path))
-    assert not (tmp_path / "out" / "val_2d").exists()
+    assert "_synthetic" in str(info.value)
+    assert not [*(tmp_path / "out").iterdir()], "no lock file, no partial folder"
 
 
 def test_install_r2_downloader_from_url(tmp_path):

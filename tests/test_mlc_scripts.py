@@ -220,15 +220,28 @@ def test_real_downloads_dry_run(mlc_home: tuple[dict[str, str], Path], tags: str
     out = home / "dry" / tags.split(",")[1]
     output = mlcr(env, home, tags, f"--outdirname={out}")
     assert expected in output
-    # mlcflow itself leaves its tmp-state.json in --outdirname.
-    assert not [p for p in out.rglob("*") if not p.name.startswith("tmp-")], "a dry run wrote files"
+    assert not [*out.rglob("*")], "a dry run wrote files (mlcflow's tmp-state.json included)"
     assert not finished_cache_entries(env, home, tags.split(",_")[0] + ",_mlc")
+
+
+def with_installed_rclone(env: dict[str, str], home: Path) -> dict[str, str]:
+    """``env`` with an ``rclone`` on PATH (one that only fails: no login is ever reached)."""
+    folder = home / "rclone-bin"
+    folder.mkdir(exist_ok=True)
+    rclone = folder / "rclone"
+    rclone.write_text("#!/bin/sh\nexit 1\n")
+    rclone.chmod(0o755)
+    return {**env, "PATH": f"{folder}{os.pathsep}{env['PATH']}"}
 
 
 def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
     env, home = mlc_home
     output = mlcr(
-        env, home, "get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx", f"--outdirname={home / 'real'}", ok=False
+        with_installed_rclone(env, home),
+        home,
+        "get,ml-model,ssd,resnet50,_mlc,_rclone,_onnx",
+        f"--outdirname={home / 'real'}",
+        ok=False,
     )
     assert "no login token" in output and "rclone" in output
 
@@ -236,7 +249,7 @@ def test_real_download_without_login_is_a_clear_error(mlc_home: tuple[dict[str, 
 def test_full_run_on_real_data_without_login_is_a_clear_error(mlc_home: tuple[dict[str, str], Path]) -> None:
     env, home = mlc_home
     output = mlcr(
-        env,
+        with_installed_rclone(env, home),
         home,
         "run-abtf-inference,reference,_v0.5,_full",
         "--model=ssd",

@@ -208,7 +208,12 @@ def test_what_a_folder_records_and_where_its_store_is(tiny_dataset, converted: P
     assert store.prepare_store(converted) == converted
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert store.recorded_config(empty) is None
+    with pytest.raises(FileNotFoundError, match=r"empty holds no preprocessed samples"):
+        store.recorded_config(empty)
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist"):
+        store.recorded_config(tmp_path / "nowhere")
+    assert store.dataset_problem(tiny_dataset.preprocessed) is None
+    assert store.dataset_problem(converted) is None
     with pytest.raises(StoreError, match=r"no val_0\.pkl"):
         store.prepare_store(empty, "val")
     with pytest.raises(FileNotFoundError, match="does not exist"):

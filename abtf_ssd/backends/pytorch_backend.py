@@ -15,8 +15,6 @@ and ONNX Runtime's CUDA provider searches convolution algorithms the same way by
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ import torch
 
 from abtf_ssd.backends import BackendError, ModelBackend, check_batch, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
-from abtf_ssd.model import SSDResNet50, build_ssd, load_checkpoint
+from abtf_ssd.model import SSDResNet50, build_ssd, fit_problem, load_checkpoint, read_state_dict, shapes_of
 
 DEVICE_KINDS = ("cpu", "cuda")
 
@@ -49,48 +47,36 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error: ([^.\n]*)")
-
-
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of a checkpoint, read with torch's weights-only unpickler.
+    """Parameter name -> shape of a checkpoint, read with torch's weights-only unpickler (mapped).
 
     Raises:
-        BackendError: a checkpoint holding anything but tensors and plain containers (its pickle
-            could run code: refused, never retried unrestricted), or a file torch cannot read.
+        ValueError: as :func:`abtf_ssd.model.read_state_dict` (no checkpoint, refused, no state dict).
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        # torch's own message advises retrying with weights_only=False: the opposite of what to do.
-        found = _UNPICKLER_REASON.search(str(e))
-        reason = found.group(1).strip() if found else type(e).__name__
-        raise BackendError(
-            f"{path}: refused: the checkpoint holds more than tensors and plain containers ({reason}); "
-            "loading it could run code"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise BackendError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    state = checkpoint.get("model_state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
-    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return shapes_of(read_state_dict(path, mmap=True))
 
 
 def infer_config(path: Path) -> SSDConfig:
-    """The config whose model has exactly the checkpoint's parameter names and shapes."""
+    """The config whose model has exactly the checkpoint's parameter names and shapes.
+
+    Raises:
+        BackendError: no config or several fit; for none, what differs from the closest config.
+    """
     shapes = _checkpoint_shapes(path)
-    matches = []
+    model_shapes = {}
     for config in CONFIGS.values():
         with torch.device("meta"):
-            model_shapes = {k: tuple(v.shape) for k, v in SSDResNet50(config).state_dict().items()}
-        if model_shapes == shapes:
-            matches.append(config)
-    if len(matches) != 1:
-        found = "several configs" if matches else "no config"
+            model_shapes[config.name] = shapes_of(SSDResNet50(config).state_dict())
+    matches = [name for name, own in model_shapes.items() if own == shapes]
+    if len(matches) == 1:
+        return get_config(matches[0])
+    if matches:
         raise BackendError(
-            f"{path}: {found} fit the checkpoint's parameter shapes; pass config_name "
-            f"(known: {', '.join(CONFIGS)})"
+            f"{path}: configs {', '.join(matches)} all fit the checkpoint's parameter shapes; name one"
         )
-    return matches[0]
+    closest = max(model_shapes, key=lambda name: len(model_shapes[name].items() & shapes.items()))
+    differences = fit_problem(model_shapes[closest], shapes, closest)
+    raise BackendError(f"{path}: the checkpoint fits no known config; it {differences}")
 
 
 class PyTorchBackend(ModelBackend):

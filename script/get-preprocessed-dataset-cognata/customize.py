@@ -11,7 +11,8 @@ _RAW_CSV_KEYS = {
 
 
 def predeps(i):
-    """Refuse an unknown --store before the raw frames are made or fetched."""
+    """Refuse an unknown --store before the raw frames are made or fetched (mlc_step also notes the new
+    cache entry, removed if the request fails: abtf_ssd.mlc_scripts)."""
     from abtf_ssd.mlc_scripts import mlc_step
 
     return mlc_step("get-preprocessed-dataset-cognata", _check_store, i["env"])
@@ -78,13 +79,13 @@ def _download(env, out_dir, split, store):
     """The MLCommons preprocessed set of ``split`` (needs membership and a login); with ``--store=mmap``
     converted once into ``<pickle folder>/mmap``."""
     from abtf_ssd import download
-    from abtf_ssd.mlc_scripts import env_int
+    from abtf_ssd.mlc_scripts import download_folder, env_int
     from abtf_ssd.store import prepare_store
 
     dry_run = env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes"
     pickle_dir = download.fetch_dataset(
         split,
-        out_dir,
+        download_folder(env, "get-preprocessed-dataset-cognata"),
         env["MLC_ABTF_DOWNLOAD_TOOL"],
         dry_run=dry_run,
         interactive=env.get("MLC_QUIET") != "yes",

@@ -3,6 +3,12 @@
 import os
 
 
+def predeps(i):
+    from abtf_ssd.mlc_scripts import forget_failed_cache_entry
+
+    return forget_failed_cache_entry("get-raw-dataset-cognata")
+
+
 def preprocess(i):
     from abtf_ssd.mlc_scripts import mlc_step
 
@@ -34,10 +40,11 @@ def _get_raw(env):
 def _download(env, out_root):
     """The MLCommons raw recordings (needs membership and a login), with the official split CSVs."""
     from abtf_ssd import cognata, download
+    from abtf_ssd.mlc_scripts import download_folder
 
     root = download.fetch_dataset(
         "raw",
-        out_root,
+        download_folder(env, "get-raw-dataset-cognata"),
         env["MLC_ABTF_DOWNLOAD_TOOL"],
         dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
         interactive=env.get("MLC_QUIET") != "yes",
