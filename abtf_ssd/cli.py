@@ -17,6 +17,7 @@ import dataclasses
 import io
 import json
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,9 @@ from typing import Any
 from abtf_ssd.backends import FRAMEWORKS
 from abtf_ssd.cognata import SPLIT_PREFIXES, SPLITS, official_split
 from abtf_ssd.download import MODEL_FORMATS
+
+PROG = "abtf-ssd"
+"""The console script's name: how help, errors and recorded commands name this program."""
 
 
 def export_model(
@@ -183,18 +187,51 @@ def _field_type(field: dataclasses.Field) -> type:
     return int if "int" in kinds else float if "float" in kinds else str
 
 
+RUN_HELP = {
+    "dataset_dir": "folder of preprocessed samples: <prefix>_<i>.pkl files or a memory-mapped store",
+    "model_path": "model file: .onnx for onnxruntime, .pth for pytorch",
+    "framework": "inference framework",
+    "device": "cpu, cuda[:N], or tensorrt[:N] with onnxruntime-gpu",
+    "config_name": "model config (default: inferred from the model)",
+    "scenario": "LoadGen scenario",
+    "mode": "performance; accuracy (logs every detection and computes the mAP); find-performance "
+    "(measures the expected latency later runs use)",
+    "round": "MLPerf Automotive round whose rules apply",
+    "execution_mode": "test: a short run of --test-query-count queries; valid: the full rules of the round",
+    "test_query_count": "queries (and samples) of a test-mode or find-performance run",
+    "performance_sample_count": "samples LoadGen keeps loaded (default: the round's; never more than the "
+    "run has: a larger value is lowered, with a warning, and the lowered one is recorded)",
+    "batch_size": "largest batch the SUT sends the backend (SingleStream sends 1)",
+    "threads": "CPU threads for inference (default: every core)",
+    "results_dir": "results folder: <results-dir>/<system-name>/ssd/<scenario>/...",
+    "system_name": "system name: the <results-dir>/<system-name> folder",
+    "user_conf": "LoadGen user.conf to apply on top of the round's settings",
+    "audit_config": "audit.config of a compliance test: makes this a compliance run",
+    "expected_latency_ns": "expected latency of a query in ns (default: the one find-performance stored)",
+    "target_qps": "ConstantStream rate in queries per second (default: the one find-performance stored, "
+    "else the round's)",
+    "dataset_prefix": "sample file prefix: val (validation split) or calib (calibration split)",
+    "output_dir": "folder LoadGen writes into, instead of the results layout",
+    "command": "command line recorded in command.txt (default: this abtf-ssd command)",
+}
+"""Help text of each ``abtf-ssd run`` option, by :class:`~abtf_ssd.harness.RunOptions` field."""
+
+
 def _add_dataclass_options(
-    parser: argparse.ArgumentParser, cls: type, choices: dict[str, Sequence[str]]
+    parser: argparse.ArgumentParser, cls: type, choices: dict[str, Sequence[str]], helps: dict[str, str]
 ) -> None:
-    """One option a field, ``--field-name``; fields without a default are required."""
+    """One option a field, ``--field-name``, described by ``helps``; fields without a default are
+    required. A field missing from ``helps`` is described by its name."""
     for field in dataclasses.fields(cls):
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        default = "" if required else f" (default: {field.default})"
+        described = helps.get(field.name, field.name.replace("_", " "))
+        shown = required or field.default is None or "default:" in described
+        default = "" if shown else f" (default: {field.default})"
         _opt(
             parser,
             _flag(field.name),
             field.name,
-            f"{cls.__name__}.{field.name}{default}",
+            f"{described}{default}",
             type=_field_type(field),
             required=required,
             choices=choices.get(field.name),
@@ -224,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     from abtf_ssd.store import STORE_KINDS
 
     parser = argparse.ArgumentParser(
-        prog="abtf-ssd", description="MLPerf Automotive SSD-ResNet50 on Cognata: library commands."
+        prog=PROG, description="MLPerf Automotive SSD-ResNet50 on Cognata: library commands."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -307,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "round": tuple(rules.ROUNDS),
         "execution_mode": rules.EXECUTION_MODES,
     }
-    _add_dataclass_options(p, RunOptions, run_choices)
+    _add_dataclass_options(p, RunOptions, run_choices, RUN_HELP)
     _opt(
         p,
         "--store",
@@ -358,16 +395,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(error: BaseException) -> str:
+    """What a library error says to a person, with the flag that resolves it where there is one."""
+    from abtf_ssd.store import UnknownPrefixError
+
+    if isinstance(error, UnknownPrefixError):
+        return f"{error}; give --prefix {' or --prefix '.join(error.prefixes)}"
+    return str(error.args[0] if isinstance(error, KeyError) and error.args else error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO if args.pop("verbose") else logging.WARNING, format="%(message)s")
     command = args.pop("command")
     handler: Callable[..., None] = args.pop("handler")
+    if handler is _run:
+        # command.txt (and a submission's README) shows what a person would type, not `python .../cli.py`.
+        args.setdefault("command", shlex.join([PROG, *argv]))
     try:
         handler(**args)
     except (ValueError, OSError, RuntimeError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"abtf-ssd {command}: error: {message}", file=sys.stderr)
+        print(f"abtf-ssd {command}: error: {_error_line(error)}", file=sys.stderr)
         return 1
     return 0
 

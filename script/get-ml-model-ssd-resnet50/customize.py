@@ -17,10 +17,11 @@ def _get_model(env):
     model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
     if source == "mlc":
         from abtf_ssd import download
+        from abtf_ssd.mlc_scripts import download_folder
 
         path = download.fetch_model(
             model_format,
-            os.getcwd(),
+            download_folder(env, "get-ml-model-ssd-resnet50"),
             env["MLC_ABTF_DOWNLOAD_TOOL"],
             dry_run=env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes",
             interactive=env.get("MLC_QUIET") != "yes",
