@@ -79,6 +79,7 @@ RUN_KEYS = (
     "execution_mode",
     "test_query_count",
     "latency_ms",
+    "target_qps",
 )
 SOURCE_KEYS = {
     "mlc": ("kind", "download_tool", "dir"),
@@ -133,6 +134,8 @@ class PlannedRun:
     user_conf: Path | None = None
     test_query_count: int | None = None
     latency_ms: float | None = None
+    target_qps: float | None = None
+    """ConstantStream's rate; None: the one find-performance stores, else the round's."""
 
     @property
     def label(self) -> str:
@@ -368,8 +371,9 @@ def _read_runs(read: _Reader, value: Any, key: str, execution_mode: str) -> list
     for name in ("threads", "batch_size", "test_query_count"):
         if name in entry:
             fields[name] = read.positive(entry[name], f"{key}.{name}")
-    if "latency_ms" in entry:
-        fields["latency_ms"] = float(read.positive(entry["latency_ms"], f"{key}.latency_ms", float))
+    for name in ("latency_ms", "target_qps"):
+        if name in entry:
+            fields[name] = float(read.positive(entry[name], f"{key}.{name}", float))
     if "user_conf" in entry:
         fields["user_conf"] = read.path(entry["user_conf"], f"{key}.user_conf")
     source = fields["source"]
@@ -591,6 +595,7 @@ def run_options(plan: Plan, step: Step, resolved: Resolved) -> RunOptions:
         system_name=run.system,
         user_conf=run.user_conf,
         expected_latency_ns=round(run.latency_ms * 1e6) if run.latency_ms is not None else None,
+        target_qps=run.target_qps,
     )
     if run.test_query_count is not None:
         options = dataclasses.replace(options, test_query_count=run.test_query_count)
@@ -612,13 +617,16 @@ def step_folder(plan: Plan, step: Step) -> Path:
 
 def step_identity(plan: Plan, step: Step, resolved: Resolved, loadgen_kind: str) -> dict[str, Any]:
     """Everything that makes a step's result what it is; a finished step with the same identity is kept."""
-    from abtf_ssd.harness import stored_expected_latency
+    from abtf_ssd.harness import stored_expected_latency, stored_target_qps
 
     run = step.run
     options = run_options(plan, step, resolved)
     expected = options.expected_latency_ns
     if expected is None and step.mode == PERFORMANCE:
         expected = stored_expected_latency(options)
+    target_qps = None
+    if run.scenario == "ConstantStream" and step.kind != FIND_PERFORMANCE:
+        target_qps = options.target_qps or stored_target_qps(options)
     return {
         "round": plan.round,
         "system": run.system,
@@ -639,6 +647,7 @@ def step_identity(plan: Plan, step: Step, resolved: Resolved, loadgen_kind: str)
             else None,
             "user_conf_sha256": sha256_of(run.user_conf) if run.user_conf else None,
             "expected_latency_ns": expected,
+            "target_qps": target_qps,
         },
     }
 
@@ -735,10 +744,35 @@ def run_latency(plan: Plan, run: PlannedRun, latency_ms: float | None = None) ->
     return Latency(None, "unknown")
 
 
+def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -> float:
+    """The rate a ConstantStream run issues queries at: the plan's ``target_qps``, else the one a
+    find-performance run stored, else the one find-performance will find at ``latency_ms`` (valid
+    mode: the highest rate within the round's latency bound), else the round's."""
+    from abtf_ssd.harness import stored_target_qps
+
+    constant = rules.get_round(plan.round).constant_stream
+    if run.target_qps is not None:
+        return run.target_qps
+    options = RunOptions(
+        dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
+    )
+    try:
+        stored = stored_target_qps(options)
+    except ValueError:
+        stored = None
+    if stored is not None:
+        return stored
+    finds_rate = run.execution_mode == "valid" and run.latency_ms is None
+    if finds_rate and latency_ms is not None:
+        return constant.target_qps_within_bound(latency_ms * 1e6)
+    return constant.target_qps
+
+
 def step_queries(plan: Plan, step: Step, latency_ms: float | None = None) -> int:
-    """Queries LoadGen issues in ``step``. A valid SingleStream performance run issues them until both
-    the round's query count and minimum duration are reached: more than the count when a query takes
-    less than the duration over the count (needs ``latency_ms``)."""
+    """Queries LoadGen issues in ``step``. A valid performance run issues them until both the round's
+    query count and minimum duration are reached: more than the count when a query takes less than
+    the duration over the count (SingleStream, needs ``latency_ms``) or when the ConstantStream rate
+    fills the duration with more."""
     run = step.run
     test_queries = run.test_query_count or RunOptions.test_query_count
     if step.kind == FIND_PERFORMANCE:
@@ -750,7 +784,8 @@ def step_queries(plan: Plan, step: Step, latency_ms: float | None = None) -> int
         return test_queries
     latency = _latency_rules(plan, run)
     if run.scenario == "ConstantStream":
-        return max(latency.min_query_count, math.ceil(latency.min_duration_ms / 1000 * latency.target_qps))
+        qps = constant_stream_qps(plan, run, latency_ms)
+        return max(latency.min_query_count, math.ceil(latency.min_duration_ms / 1000 * qps))
     if latency_ms is None:
         return latency.min_query_count
     return max(latency.min_query_count, math.ceil(latency.min_duration_ms / latency_ms))
@@ -763,16 +798,15 @@ def _latency_rules(plan: Plan, run: PlannedRun) -> rules.LatencyRules:
 
 def step_seconds(plan: Plan, step: Step, latency_ms: float) -> float:
     """Wall time of ``step`` at ``latency_ms`` a query, for a SUT that answers one query at a time:
-    ConstantStream issues queries at the round's rate (a SUT slower than that takes a latency a
-    query), and a valid performance run lasts at least the round's minimum duration."""
+    ConstantStream issues queries at its rate (:func:`constant_stream_qps`; a SUT slower than that
+    takes a latency a query), and a valid performance run lasts at least the round's minimum duration."""
     run = step.run
     queries = step_queries(plan, step, latency_ms)
     seconds = queries * latency_ms / 1000
-    rules_of_run = _latency_rules(plan, run)
-    if run.scenario == "ConstantStream":
-        seconds = max(seconds, queries / rules_of_run.target_qps)
+    if run.scenario == "ConstantStream" and step.kind != FIND_PERFORMANCE:
+        seconds = max(seconds, queries / constant_stream_qps(plan, run, latency_ms))
     if run.execution_mode == "valid" and step.kind in (PERFORMANCE, COMPLIANCE_TEST):
-        seconds = max(seconds, rules_of_run.min_duration_ms / 1000)
+        seconds = max(seconds, _latency_rules(plan, run).min_duration_ms / 1000)
     return seconds
 
 
@@ -1175,6 +1209,7 @@ def _finish(plan: Plan, outcome: PlanOutcome, official_tools: str | Path | None,
                 sut_info=sut_info,
                 allow_test_mode=plan.test_mode,
                 version=plan.round,
+                official_tools=official_tools,
             )
         except SubmissionCheckError:
             pass  # the tree is kept; the checker below names every error

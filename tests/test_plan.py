@@ -317,8 +317,8 @@ def test_estimate_of_the_templates(tmp_path: Path, name: str, seconds: int) -> N
 
 
 def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
-    """15 ms a query: SingleStream runs 600 s (40000 queries); ConstantStream issues 100000 queries
-    at 15 a second (111 minutes); accuracy is 6000 frames at the latency."""
+    """15 ms a query: SingleStream runs 600 s (40000 queries); v1.0 ConstantStream issues 100000
+    queries at its 15 a second (111 minutes); accuracy is 6000 frames at the latency."""
     template = plan.load_plan(PLANS / "cuda-v1.0.yaml", tmp_path)
     by_label = {e.step.label: e for e in plan.estimate(template, latency_ms=15)}
     single = by_label["gpu-onnxruntime SingleStream performance"]
@@ -327,6 +327,13 @@ def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
     assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 15))
     assert by_label["gpu-onnxruntime ConstantStream accuracy"].seconds == pytest.approx(6000 / 15)
     assert by_label["gpu-onnxruntime SingleStream accuracy"].seconds == pytest.approx(90)
+    # v0.5 reports the ConstantStream throughput: find-performance finds the highest rate within the
+    # latency bound, 66.66 QPS at 15 ms, and the 100000 queries take 1500 s.
+    v05 = plan.load_plan(PLANS / "cuda-v0.5.yaml", tmp_path)
+    constant = {e.step.label: e for e in plan.estimate(v05, latency_ms=15)}[
+        "gpu-onnxruntime ConstantStream performance"
+    ]
+    assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 66.66))
 
 
 def test_max_hours_refuses_before_anything_is_written(tmp_path: Path) -> None:
