@@ -226,8 +226,11 @@ def _dataset_samples(inputs: _Inputs) -> int | None:
 
 
 def _synthetic_default_frames(source: str) -> int | None:
+    """The frame count a synthetic source makes by default; None when unknown (no script folder)."""
     import yaml
 
+    if not SYNTHETIC_DATASET_META.is_file():
+        return None
     meta = yaml.safe_load(SYNTHETIC_DATASET_META.read_text(encoding="utf-8"))
     frames = meta["variations"].get(source, {}).get("default_env", {}).get("MLC_ABTF_SYNTH_FRAMES")
     return int(frames) if frames is not None else None
@@ -400,6 +403,23 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
     )
 
 
+def check_all_scenarios(env: Mapping[str, Any], flags: Mapping[str, str], scenario_given: bool) -> None:
+    """``_all-scenarios``: the request must be possible for every scenario of the round (ConstantStream
+    needs the automotive LoadGen), checked before anything runs; a ``--scenario`` given is refused."""
+    if scenario_given:
+        raise PreflightError(f"_all-scenarios runs {' and '.join(ROUND_SCENARIOS)}: leave out --scenario")
+    for scenario in ROUND_SCENARIOS:
+        check_request({**env, f"{_PREFIX}SCENARIO": scenario}, flags)
+
+
+def run_nothing_here(env: MutableMapping[str, Any]) -> None:
+    """This request only starts others (``_all-scenarios``): its own getters and runs are skipped."""
+    for what in ("MODEL", "DATASET"):
+        env[f"{_PREFIX}SKIP_{what}"] = "yes"
+    for kind in RUN_KINDS:
+        env.pop(f"{_PREFIX}DO_{kind}", None)
+
+
 def prepare_run(env: MutableMapping[str, Any], flags: Mapping[str, str]) -> RunRequest:
     """Check the request (:func:`check_request`), then set in ``env`` what the dependencies read."""
     from .harness import RunOptions
@@ -419,6 +439,14 @@ def prepare_run(env: MutableMapping[str, Any], flags: Mapping[str, str]) -> RunR
     valid = request.execution_mode == "valid"
     if valid and env.get(f"{_PREFIX}DO_PERFORMANCE") == "yes" and not env.get(f"{_PREFIX}TARGET_LATENCY"):
         # A valid run lasts as planned only with a measured expected latency.
+        env[f"{_PREFIX}DO_FIND_PERFORMANCE"] = "yes"
+    if (
+        env.get(f"{_PREFIX}SCENARIO") == "ConstantStream"
+        and env.get(f"{_PREFIX}DO_PERFORMANCE") == "yes"
+        and not env.get(f"{_PREFIX}CONSTANTSTREAM_TARGET_QPS")
+    ):
+        # Without a given rate, find the highest one within the latency bound: at the round's 15 QPS a
+        # slower system piles queries up (and its latencies measure the queue).
         env[f"{_PREFIX}DO_FIND_PERFORMANCE"] = "yes"
     if request.submission:
         # What generate-mlperf-submission-automotive needs from this run.
