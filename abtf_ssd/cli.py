@@ -173,6 +173,20 @@ def _sysinfo(out: str | None = None, **options: Any) -> None:
         print(write_sut_info(out, **options))
 
 
+def _quantize(precision: str = "int8", **options: Any) -> None:
+    from abtf_ssd import quantize
+
+    if precision == "int8":
+        if "calibration_dir" not in options:
+            raise ValueError("--precision int8 needs --calibration <the preprocessed calibration split>")
+        print(quantize.quantize_int8(**options))
+        return
+    unused = sorted({"calibration_dir", "method", "frames", "per_channel"} & options.keys())
+    if unused:
+        raise ValueError(f"--precision {precision} takes no calibration options ({', '.join(unused)})")
+    print(quantize.convert_fp16(**options))
+
+
 # ---------------------------------------------------------------------------------------------
 # The parser
 
@@ -392,6 +406,40 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--framework", "framework", "framework whose version to record", choices=FRAMEWORKS)
     _opt(p, "--device", "device", "device the run uses: cpu, cuda[:N], tensorrt[:N]")
     p.set_defaults(handler=_sysinfo)
+
+    from abtf_ssd import quantize
+
+    p = sub.add_parser(
+        "quantize", help="a reduced-precision ONNX model: INT8 calibrated on the calibration split, FP16"
+    )
+    _opt(p, "--model", "model_path", "FP32 ONNX model", required=True)
+    _opt(p, "--out", "out_path", "ONNX model to write", required=True)
+    _opt(
+        p,
+        "--precision",
+        "precision",
+        "int8 (default: CPU) or fp16 (CUDA/TensorRT)",
+        choices=quantize.PRECISIONS,
+    )
+    _opt(p, "--calibration", "calibration_dir", "preprocessed calibration split (int8; calib_<i> samples)")
+    _opt(p, "--method", "method", "activation range calibration (int8)", choices=quantize.CALIBRATION_METHODS)
+    _opt(p, "--frames", "frames", "calibrate on the first N frames (int8; default: all)", type=int)
+    _opt(
+        p,
+        "--keep-fp32",
+        "keep_fp32",
+        f"nodes left in FP32: {', '.join(quantize.KEEP_FP32_GROUPS)} or fnmatch patterns over node or "
+        "weight names, e.g. 'loc.*' (default: the int8 recipe's; give it empty to quantize every node)",
+        nargs="*",
+    )
+    _opt(
+        p,
+        "--per-tensor",
+        "per_channel",
+        "one weight scale per tensor (int8; default: per channel)",
+        action="store_false",
+    )
+    p.set_defaults(handler=_quantize)
     return parser
 
 

@@ -6,6 +6,20 @@ import os
 _EXTENSIONS = {"onnx": ".onnx", "pytorch": ".pth"}
 
 
+def predeps(i):
+    """Refuse a precision the format cannot have before the calibration split is fetched."""
+    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.quantize import check_precision
+
+    env = i["env"]
+    return mlc_step(
+        "get-ml-model-ssd-resnet50",
+        check_precision,
+        env["MLC_ABTF_ML_MODEL_PRECISION"],
+        env["MLC_ABTF_ML_MODEL_FORMAT"],
+    )
+
+
 def preprocess(i):
     from abtf_ssd.mlc_scripts import mlc_step
 
@@ -44,6 +58,27 @@ def _get_model(env):
             model_format=model_format,
         )
     env["MLC_ABTF_ML_MODEL_PATH"] = str(path)
+    if env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes":
+        return
+    from abtf_ssd.quantize import DEFAULT_TEXT, model_data_types, reduce_precision
+
+    env["MLC_ABTF_ML_MODEL_FP32_PATH"] = str(path)
+    path = reduce_precision(
+        path,
+        env["MLC_ABTF_ML_MODEL_PRECISION"],
+        os.getcwd(),
+        # --calibration_path, else the calibration split the _int8 dependency made
+        calibration_dir=env.get("MLC_ABTF_ML_MODEL_CALIBRATION_PATH") or env.get("MLC_ABTF_DATASET_PATH"),
+        method=env.get("MLC_ABTF_ML_MODEL_QUANTIZE_METHOD", DEFAULT_TEXT),
+        frames=env.get("MLC_ABTF_ML_MODEL_QUANTIZE_FRAMES", DEFAULT_TEXT),
+        keep_fp32=env.get("MLC_ABTF_ML_MODEL_KEEP_FP32", DEFAULT_TEXT),
+    )
+    env["MLC_ABTF_ML_MODEL_PATH"] = str(path)
+    # What a submission reports (measurements.json, system description).
+    types = model_data_types(path)
+    env["MLC_ABTF_ML_MODEL_WEIGHT_DATA_TYPES"] = types.weights
+    env["MLC_ABTF_ML_MODEL_ACTIVATION_DATA_TYPES"] = types.activations
+    env["MLC_ABTF_ML_MODEL_INPUT_DATA_TYPES"] = types.inputs
 
 
 def _local_model(path, model_format):
