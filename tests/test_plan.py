@@ -408,3 +408,55 @@ def test_progress_line_counts_queries_and_gives_an_eta() -> None:
     )
     periodic = [text for text in stream.getvalue().splitlines() if text.startswith("[plan] runs done")]
     assert periodic and not stream.isatty()
+
+
+def test_constant_stream_plan_on_the_automotive_loadgen_with_the_official_checker(tmp_path: Path) -> None:
+    """SingleStream and ConstantStream in one plan, run by the automotive LoadGen of the pinned
+    official tools (tests/upstream_tools.py), then the round's official checker on the tree."""
+    import yaml
+    from upstream_tools import official_tools
+
+    tools = official_tools("v0.5")
+    data = yaml.safe_load(DEMO.read_text())
+    run = data["systems"][0]["runs"][0]
+    run.update(framework="onnxruntime", scenarios=["SingleStream", "ConstantStream"], target_qps=2.0)
+    plan_file = tmp_path / "constant.yaml"
+    plan_file.write_text(yaml.safe_dump(data))
+    output = tmp_path / "out"
+    proc = subprocess.run(
+        [str(tools.bin / "abtf-ssd"), "plan", "run", str(plan_file), "--output", str(output)]
+        + ["--official-tools", str(tools.checkout)],
+        cwd=tmp_path,
+        env=tools.env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    summary = json.loads((output / plan.SUMMARY_NAME).read_text())
+    assert [(row["scenario"], row["verdict"]) for row in summary["rows"]] == [
+        ("SingleStream", "pass"),
+        ("ConstantStream", "pass"),
+    ]
+    marker = json.loads(
+        (
+            output
+            / "results"
+            / "demo-cpu"
+            / "ssd"
+            / "ConstantStream"
+            / "performance"
+            / "run_1"
+            / plan.MARKER_NAME
+        ).read_text()
+    )
+    assert (
+        marker["identity"]["loadgen"] == "automotive" and marker["identity"]["settings"]["target_qps"] == 2.0
+    )
+    # A test-mode tree fails the official checker on the run length only; reported, not a gate.
+    assert summary["official_checker"].startswith("FAILS")
+    from abtf_ssd.official import run_submission_checker
+
+    verdict = run_submission_checker(tools.checkout, output / "submission", "v0.5")
+    assert verdict.rules == {"min-duration", "min-query-count", "perf-sample-count"}, verdict.errors
+    _assert_tarball_passes(Path(summary["tarball"]), tmp_path / "extracted")
