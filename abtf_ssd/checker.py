@@ -51,7 +51,14 @@ from typing import Any
 
 from abtf_ssd.report import LogFormatError, detail_messages
 from abtf_ssd.report import read_detail_log as read_detail_records
-from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, SINGLE_STREAM_METRIC, RoundRules, get_round
+from abtf_ssd.rules import (
+    AUTOMOTIVE_LOADGEN_HINT,
+    MODEL_NAME,
+    ROUND_SCENARIOS,
+    SINGLE_STREAM_METRIC,
+    RoundRules,
+    get_round,
+)
 
 MAP_TARGET = 0.7179 * 0.999
 """The checker's mAP threshold: 99.9 % of the reference mAP as the checker rounds it (0.7171821)."""
@@ -62,8 +69,8 @@ TEST01_ACCURACY_DELTA_PERCENT = 1.0
 DIVISIONS = ("closed", "open")
 STATUSES = ("hardened", "development", "engineering_samples", "presilicon")
 SYSTEM_TYPE = "adas"
-REQUIRED_SCENARIOS = ("SingleStream",)
-OPTIONAL_SCENARIOS = ("ConstantStream",)
+REQUIRED_SCENARIOS = ROUND_SCENARIOS[:1]
+OPTIONAL_SCENARIOS = ROUND_SCENARIOS[1:]
 RESULT_KEY = SINGLE_STREAM_METRIC
 """Detail-log key of the reported SingleStream metric (ns); ConstantStream's is the round's."""
 DEFAULT_IMPLEMENTATION = "reference"

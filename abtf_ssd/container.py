@@ -326,21 +326,22 @@ def mlc_arguments(request: MlcRequest) -> list[str]:
     return arguments + list(request.log_flags)
 
 
-def request_from_mlc_input(run_input: Mapping[str, Any]) -> MlcRequest:
+def request_from_mlc_input(run_input: Mapping[str, Any], why: str = "--docker") -> MlcRequest:
     """The user's request from a script's ``i["input"]``: mlcflow's record of the command line
     (``mlc_run_cmd``) parsed, checked against what mlcflow parsed itself (``tags`` and every input).
 
     mlcflow changes the ``env`` dict during the run, so the command line is the only record of the
     ``--env.*`` inputs. A ValueError when the two differ (inputs from ``--mlc_input_file`` or
-    ``MLC_SCRIPT_EXTRA_CMD``) or when there is no command line (a call from Python).
+    ``MLC_SCRIPT_EXTRA_CMD``) or when there is no command line (a call from Python); ``why`` names
+    what needs the request repeated (``--docker``, ``_all-scenarios``).
     """
     command = run_input.get("mlc_run_cmd")
     if not command:
-        raise ValueError("--docker needs the mlcr command line; run the request with mlcr")
+        raise ValueError(f"{why} needs the mlcr command line; run the request with mlcr")
     request = parse_mlc_command(shlex.split(command))
     if request.tags != run_input.get("tags"):
         raise ValueError(
-            f"--docker: mlcflow runs tags {run_input.get('tags')!r}, the command line says {request.tags!r}"
+            f"{why}: mlcflow runs tags {run_input.get('tags')!r}, the command line says {request.tags!r}"
         )
     ignored = (*_MLCFLOW_KEYS, "tags")
     differing = sorted(
@@ -352,7 +353,7 @@ def request_from_mlc_input(run_input: Mapping[str, Any]) -> MlcRequest:
     )
     if differing:
         raise ValueError(
-            f"--docker: the inputs {', '.join(differing)} differ from the mlcr command line (an input "
+            f"{why}: the inputs {', '.join(differing)} differ from the mlcr command line (an input "
             "file or MLC_SCRIPT_EXTRA_CMD?); give every input on the command line"
         )
     return request
@@ -370,6 +371,13 @@ def inner_command(request: MlcRequest, replacements: Mapping[str, str]) -> list[
     inputs.update(replacements)
     inputs["quiet"] = True
     return ["mlcr", *mlc_arguments(MlcRequest(request.tags, inputs, request.log_flags))]
+
+
+def request_without_variation(request: MlcRequest, variation: str, **inputs: MlcValue) -> MlcRequest:
+    """``request`` without the ``_variation`` tag, with ``inputs`` set (``_all-scenarios`` -> one
+    request a scenario)."""
+    tags = ",".join(tag for tag in request.tags.split(",") if tag != f"_{variation}")
+    return MlcRequest(tags, {**request.inputs, **inputs}, request.log_flags)
 
 
 def _host_path(path: str | os.PathLike[str], what: str, must_exist: bool) -> Path:

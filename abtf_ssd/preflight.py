@@ -36,8 +36,7 @@ from . import container, rules
 
 IMPLEMENTATIONS = ("reference",)
 CATEGORIES = ("adas",)
-ROUND_SCENARIOS = ("SingleStream", "ConstantStream")
-"""The scenarios of the MLPerf Automotive rounds; the others of :data:`rules.SCENARIOS` are for test runs."""
+ROUND_SCENARIOS = rules.ROUND_SCENARIOS
 LENGTH_EXECUTION_MODES = {"full": "valid", "short": "test"}
 """``_full`` / ``_short`` (env ``MLC_ABTF_RUN_LENGTH``) -> execution mode."""
 SUBMISSION_EXECUTION_MODE = "valid"

@@ -229,7 +229,7 @@ def summarize_run(
             from abtf_ssd.rules import get_round
 
             key = get_round(round).metric(str(values.get("effective_scenario", scenario)).replace(" ", ""))
-            if values.get(key) is not None:
+            if mode != "find-performance" and values.get(key):  # 0: too few queries for an estimate
                 summary.metric = format_metric(key, values[key])
     else:
         trace = read_trace_latencies(log_dir / TRACE_LOG)

@@ -28,6 +28,9 @@ MODEL_NAME = "ssd"
 """The benchmark's model name in LoadGen config keys (``ssd.SingleStream.target_latency``)."""
 
 SCENARIOS = ("SingleStream", "MultiStream", "Offline", "ConstantStream")
+ROUND_SCENARIOS = ("SingleStream", "ConstantStream")
+"""The scenarios of the MLPerf Automotive rounds (SingleStream required, ConstantStream optional); the
+others of :data:`SCENARIOS` are for test runs only."""
 MODES = ("performance", "accuracy", "find-performance")
 EXECUTION_MODES = ("test", "valid")
 DEFAULT_TEST_QUERY_COUNT = 10

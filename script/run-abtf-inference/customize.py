@@ -29,9 +29,15 @@ def _plan(i):
     """The pre-flight check; with --docker, the request must also be one the container can repeat."""
     from abtf_ssd import container, preflight
 
-    request = preflight.prepare_run(i["env"], preflight.flag_names(i["meta"]["input_mapping"]))
+    env, flags = i["env"], preflight.flag_names(i["meta"]["input_mapping"])
+    if env.get("MLC_ABTF_RUN_ALL_SCENARIOS") == "yes":
+        preflight.check_all_scenarios(env, flags, "scenario" in i["input"])
+    request = preflight.prepare_run(env, flags)
     if request.docker is not None:
         container.request_from_mlc_input(i["input"])
+    elif env.get("MLC_ABTF_RUN_ALL_SCENARIOS") == "yes":
+        preflight.run_nothing_here(env)
+        container.request_from_mlc_input(i["input"], why="_all-scenarios")
     print(f"{_SCRIPT}: {request.summary()}")
 
 
@@ -40,7 +46,29 @@ def preprocess(i):
 
     if i["env"].get("MLC_ABTF_RUN_DOCKER_HOST") == "yes":
         return mlc_step(_SCRIPT, _docker, i)
+    if i["env"].get("MLC_ABTF_RUN_ALL_SCENARIOS") == "yes":
+        return mlc_step(_SCRIPT, _each_scenario, i)
     return mlc_step(_SCRIPT, _report, i["env"])
+
+
+def _each_scenario(i):
+    """_all-scenarios: the same request once a scenario of the round, each a real mlcr run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from abtf_ssd import container, preflight
+
+    request = container.request_from_mlc_input(i["input"], why="_all-scenarios")
+    for scenario in preflight.ROUND_SCENARIOS:
+        one = container.request_without_variation(request, "all-scenarios", scenario=scenario)
+        command = [str(Path(sys.executable).with_name("mlcr")), *container.mlc_arguments(one)]
+        print(f"{_SCRIPT} _all-scenarios: {scenario}", flush=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            raise RuntimeError(
+                f"_all-scenarios: the {scenario} request failed (above); the others were not run"
+            )
+    i["env"]["MLC_ABTF_RUN_RESULTS_SCENARIO_DIR"] = i["env"]["MLC_ABTF_RUN_RESULTS_DIR"]
 
 
 def _report(env):
@@ -53,6 +81,7 @@ def _report(env):
             env["MLC_ABTF_RUN_SCENARIO"],
             mode,
             map_value=float(env["MLC_ABTF_ACCURACY_MAP"]) if mode == "accuracy" else None,
+            round=env["MLC_ABTF_RUN_ROUND"],
         )
         for key, mode in _RUN_FOLDERS.items()
         if env.get(key)
