@@ -279,6 +279,8 @@ def test_failed_download_makes_no_mlc_cache_entry_and_the_rerun_does(mlc_home, f
     assert "rclone download of val_2d failed" in failed.stdout + failed.stderr
     assert "rerun to resume" in failed.stdout + failed.stderr
     assert finished_cache_entries(env, tmp_path, "preprocessed,dataset,cognata,_validation") == []
+    # The unfinished entry holds the partial download: kept (tagged tmp) for the rerun, and said so.
+    assert "kept the unfinished MLC cache entry" in failed.stderr
 
     done = mlcr(env, tmp_path, tags)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
