@@ -29,7 +29,6 @@ find-performance result or a finished performance run. :func:`plan_status` reads
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import math
@@ -549,17 +548,19 @@ def _build_synthetic(source: Source, folder: Path, dataset: Path) -> None:
 # Identity
 
 
-def sha256_of(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006
-    """sha256 of a file, remembered for this process while its size and mtime stay the same."""
+_SHA256_OF: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, remembered for this process while its size and mtime stay the same (a
+    plan hashes the same model before each of its runs)."""
+    from abtf_ssd.checker import sha256_file
+
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
+    if key not in _SHA256_OF:
+        _SHA256_OF[key] = sha256_file(path)
+    return _SHA256_OF[key]
 
 
 def dataset_identity(dataset: Path) -> dict[str, Any]:
@@ -567,9 +568,10 @@ def dataset_identity(dataset: Path) -> dict[str, Any]:
     store conversion wrote one, else (an official download) the folder, its sample count and bytes."""
     from abtf_ssd.accuracy import count_samples
     from abtf_ssd.preprocess import MANIFEST_NAME
+    from abtf_ssd.store import STORE_MANIFEST
 
     count = count_samples(dataset)
-    for name in (MANIFEST_NAME, "store.json"):
+    for name in (MANIFEST_NAME, STORE_MANIFEST):
         if (dataset / name).is_file():
             return {"samples": count, "manifest": name, "manifest_sha256": sha256_of(dataset / name)}
     total = sum(p.stat().st_size for p in dataset.iterdir() if p.is_file())
@@ -610,7 +612,8 @@ def step_folder(plan: Plan, step: Step) -> Path:
         mode=step.mode,
         results_dir=plan.results_dir,
         system_name=step.run.system,
-        audit_config="TEST01" if step.kind == COMPLIANCE_TEST else None,
+        # Any audit config puts the run in the compliance folder; which one does not matter here.
+        audit_config=COMPLIANCE_TEST if step.kind == COMPLIANCE_TEST else None,
     )
     return output_dir(options)
 
@@ -883,7 +886,8 @@ class Progress:
         self.expected_queries = 0
         self.answered = -1  # the harness's warm-up inference is the first call
         self.step_started = time.monotonic()
-        self.later_seconds: float | None = 0.0
+        self.later_seconds = 0.0
+        self.later_unknown_queries = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -897,9 +901,12 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
 
-    def start(self, label: str, queries: int, later_seconds: float | None) -> None:
+    def start(self, label: str, queries: int, later: list[StepEstimate]) -> None:
+        """A run starts; ``later``: the estimates of the runs after it (those without a latency are
+        counted at the current run's pace)."""
         self.current, self.expected_queries, self.answered = label, queries, -1
-        self.later_seconds = later_seconds
+        self.later_seconds = sum(e.seconds for e in later if e.seconds is not None)
+        self.later_unknown_queries = sum(e.queries for e in later if e.seconds is None)
         self.step_started = time.monotonic()
         self.say(f"[plan] run {self.done + 1}/{self.total}: {label} ({queries} queries)")
 
@@ -917,9 +924,10 @@ class Progress:
         answered = max(0, self.answered)
         text += f" | {self.current}: {answered}/{self.expected_queries} queries"
         elapsed = time.monotonic() - self.step_started
-        if answered and self.later_seconds is not None:
-            left = max(0, self.expected_queries - answered) * elapsed / answered + self.later_seconds
-            text += f" | ETA {format_duration(left)}"
+        if answered:
+            pace = elapsed / answered
+            queries_left = max(0, self.expected_queries - answered) + self.later_unknown_queries
+            text += f" | ETA {format_duration(queries_left * pace + self.later_seconds)}"
         return text
 
     def say(self, text: str) -> None:
@@ -1114,13 +1122,16 @@ def _run_steps(
     steps = plan_steps(plan)
     with Progress(len(steps), 0, stream, progress_interval_s) as progress:
         backends: dict[tuple[Any, ...], Any] = {}
+        sources: dict[tuple[str, str], Resolved | None] = {}
         for index, step in enumerate(steps):
             run = step.run
             if run.label in outcome.failed:
                 progress.finish()
                 continue
             try:
-                resolved = resolve_source(plan, run, build=True)
+                if (run.key, run.framework) not in sources:
+                    sources[(run.key, run.framework)] = resolve_source(plan, run, build=True)
+                resolved = sources[(run.key, run.framework)]
                 assert resolved is not None
                 identity = step_identity(plan, step, resolved, loadgen_kind)
                 folder = step_folder(plan, step)
@@ -1138,11 +1149,8 @@ def _run_steps(
                     sut_info.parent.mkdir(parents=True, exist_ok=True)
                     write_sut_info(sut_info, run.framework, run.device)
                 later = estimate(plan, latency_ms, steps[index + 1 :])
-                later_seconds = (
-                    None if any(e.seconds is None for e in later) else sum(e.seconds or 0 for e in later)
-                )
                 latency = run_latency(plan, run, latency_ms).ms
-                progress.start(step.label, step_queries(plan, step, latency), later_seconds)
+                progress.start(step.label, step_queries(plan, step, latency), later)
                 # Removed first: a step killed from here on has no marker and runs again.
                 (folder / MARKER_NAME).unlink(missing_ok=True)
                 options = run_options(plan, step, resolved)

@@ -395,16 +395,20 @@ def test_progress_line_counts_queries_and_gives_an_eta() -> None:
     import io
 
     stream = io.StringIO()
+    step = plan.plan_steps(plan.load_plan(DEMO))[0]
     progress = plan.Progress(total=3, done=1, stream=stream, interval_s=0.05)
     with progress:
-        progress.start("sut SingleStream performance", queries=10, later_seconds=100.0)
+        later = [plan.StepEstimate(step, 5, 100.0), plan.StepEstimate(step, 6, None)]
+        progress.start("sut SingleStream performance", queries=10, later=later)
         progress.answered_samples(1)  # the harness's warm-up inference
         for _ in range(4):
             progress.answered_samples(1)
         time.sleep(0.2)
         line = progress.line()
+    # 4 queries in about 0.2 s: the 6 left and the 6 of the later run without a latency at that
+    # pace (about 0.6 s), and the 100 s of the later run with one.
     assert line.startswith(
-        "[plan] runs done 1/3, 2 left | sut SingleStream performance: 4/10 queries | ETA 0:01:"
+        "[plan] runs done 1/3, 2 left | sut SingleStream performance: 4/10 queries | ETA 0:01:4"
     )
     periodic = [text for text in stream.getvalue().splitlines() if text.startswith("[plan] runs done")]
     assert periodic and not stream.isatty()
