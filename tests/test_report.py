@@ -18,6 +18,7 @@ from abtf_ssd.report import (
     TRACE_LOG,
     RunSummary,
     detail_values,
+    format_metric,
     format_table,
     loadgen_percentile,
     parse_summary,
@@ -26,6 +27,7 @@ from abtf_ssd.report import (
     summarize_run,
     write_latency_histogram,
 )
+from abtf_ssd.rules import METRIC_LABELS, ROUNDS
 from abtf_ssd.show import GROUND_TRUTH_COLOR, denormalize, render
 
 
@@ -135,6 +137,47 @@ def test_table_rows_and_json(valid_run: Path) -> None:
     assert lines[2].split()[:3] == ["SingleStream", "performance", "600"] and lines[2].endswith("VALID")
     assert "0.7180" in lines[3] and lines[3].split()[2] == "6000"
     assert json.loads(json.dumps(rows[0].to_dict()))["result"] == "VALID"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("result_completed_samples_per_sec", 14.8226, "14.823 samples/s"),
+        ("result_completed_samples_per_sec", 3, "3.000 samples/s"),
+        ("result_99.90_percentile_latency_ns", 66_666_667, "66.667 ms"),
+        ("early_stopping_latency_ss", 581_000_000, "581.000 ms"),
+    ],
+)
+def test_format_metric(key: str, value: float, shown: str) -> None:
+    assert key in METRIC_LABELS
+    assert format_metric(key, value) == shown
+
+
+def test_the_metric_column_shows_the_rounds_singlestream_metric(valid_run: Path) -> None:
+    values = detail_values(read_detail_log(valid_run / DETAIL_LOG))
+    expected = f"{values['early_stopping_latency_ss'] / 1e6:.3f} ms"
+    for round_name in ("v0.5", "v1.0"):
+        summary = summarize_run(valid_run, "SingleStream", "performance", round=round_name)
+        assert summary.metric == expected
+    assert summarize_run(valid_run, "SingleStream", "performance").metric is None
+    lines = format_table([summary]).splitlines()
+    header = lines[0]
+    assert header.index("metric") == lines[2].index(expected)  # the value sits under its column
+
+
+@pytest.mark.parametrize(("round_name", "unit"), [("v0.5", "samples/s"), ("v1.0", "ms")])
+def test_a_constant_stream_row_shows_the_rounds_metric(round_name: str, unit: str, tmp_path: Path) -> None:
+    """A real ConstantStream log of the round's automotive LoadGen (skipped without it): v0.5 reports
+    the completed samples per second, v1.0 the 99.9th percentile latency."""
+    from test_rules import automotive_constant_stream_run
+
+    automotive_constant_stream_run(round_name, tmp_path / "run")
+    summary = summarize_run(tmp_path / "run", "ConstantStream", "performance", round=round_name)
+    key = ROUNDS[round_name].metric("ConstantStream")
+    values = detail_values(read_detail_log(tmp_path / "run" / DETAIL_LOG))
+    assert summary.metric == format_metric(key, values[key]) and summary.metric.endswith(f" {unit}")
+    row = format_table([summary]).splitlines()[2]
+    assert row.split()[:3] == ["ConstantStream", "performance", "4"]  # no "ConstantStreamperformance"
 
 
 def test_missing_detail_log(tmp_path: Path) -> None:

@@ -420,9 +420,11 @@ print(json.dumps({
 """
 
 
-def _automotive_constant_stream_run(
+def automotive_constant_stream_run(
     round_name: str, out: Path, user_conf: Path | None = None, target_qps: float | None = None
 ) -> dict:
+    """A 4-query ConstantStream test run of an instant SUT on the round's automotive LoadGen (in
+    ``out``): the settings asked, the detail log's values and errors, the effective user.conf."""
     from upstream_tools import official_tools
 
     tools = official_tools(round_name)
@@ -450,7 +452,7 @@ def _automotive_constant_stream_run(
 def test_a_constant_stream_test_run_ends_without_a_loadgen_error(round_name: str, tmp_path: Path) -> None:
     """The round's automotive LoadGen: a test run runs out of queries (no cap, no error logged), at the
     round's 15 QPS and 1/15 s bound, and the effective user.conf says so."""
-    run = _automotive_constant_stream_run(round_name, tmp_path / "run")
+    run = automotive_constant_stream_run(round_name, tmp_path / "run")
     constant = ROUNDS[round_name].constant_stream
     assert run["asked"] == {
         "max_query_count": 0,
@@ -474,7 +476,7 @@ def test_the_effective_user_conf_says_what_loadgen_used(
     """A 10 ms target latency: the v1.0 LoadGen derives 100 QPS from it, the v0.5 one ignores it."""
     asked = tmp_path / "asked.conf"
     asked.write_text("ssd.ConstantStream.target_latency = 10\n")
-    run = _automotive_constant_stream_run(round_name, tmp_path / "run", asked)
+    run = automotive_constant_stream_run(round_name, tmp_path / "run", asked)
     assert run["values"]["effective_target_qps"] == used_qps
     assert f"ssd.ConstantStream.target_qps = {used_qps!r}\n" in run["user_conf"]
 
@@ -482,7 +484,7 @@ def test_the_effective_user_conf_says_what_loadgen_used(
 @pytest.mark.parametrize("round_name", ["v0.5", "v1.0"])
 def test_a_target_qps_sets_the_rate_and_its_bound(round_name: str, tmp_path: Path) -> None:
     """``--constantstream_target_qps`` (or a find-performance result): both rounds run at that rate."""
-    run = _automotive_constant_stream_run(round_name, tmp_path / "run", target_qps=30.0)
+    run = automotive_constant_stream_run(round_name, tmp_path / "run", target_qps=30.0)
     values = run["values"]
     assert run["asked"]["target_qps"] == 30.0 and run["errors"] == []
     assert values["effective_target_qps"] == 30
