@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
+import mlperf_loadgen as lg
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,9 +15,16 @@ from PIL import Image
 from abtf_ssd import rules
 from abtf_ssd.accuracy import read_accuracy_log
 from abtf_ssd.backends import create_backend
-from abtf_ssd.harness import EXPECTED_LATENCY_FILE, RunFailedError, RunOptions, RunResult, run
+from abtf_ssd.harness import (
+    EXPECTED_LATENCY_FILE,
+    TARGET_QPS_FILE,
+    RunFailedError,
+    RunOptions,
+    RunResult,
+    run,
+)
 from abtf_ssd.preprocess import load_sample
-from abtf_ssd.report import DETAIL_LOG, detail_values, read_detail_log
+from abtf_ssd.report import DETAIL_LOG, detail_messages, detail_values, read_detail_log
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +178,16 @@ def test_results_folder_table_and_user_conf(tmp_path, tiny_dataset, backend, cap
         assert (out / name).is_file(), name
     assert (out / "command.txt").read_text() == "abtf-ssd run (test)\n"
     assert _detail(result)["requested_single_stream_expected_latency_ns"] == 123_000_000
+    # user.conf: what LoadGen logged as effective (the asked 123 ms comes back through its QPS).
     effective = (out / "user.conf").read_text()
-    assert "ssd.SingleStream.target_latency = 123\n" in effective
+    assert effective.startswith(
+        "# Effective LoadGen settings of this run (round v0.5), from its mlperf_log_detail"
+    )
     assert "ssd.SingleStream.max_query_count = 4\n" in effective
+    again = lg.TestSettings()
+    again.scenario = lg.TestScenario.SingleStream
+    rules.apply_user_conf(again, out / "user.conf", "SingleStream")
+    assert again.single_stream_expected_latency_ns == pytest.approx(123_000_000, rel=1e-5)
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "ok" and saved["backend"].startswith("onnxruntime")
@@ -197,6 +214,99 @@ def test_find_performance_feeds_the_next_run(tmp_path, tiny_dataset, backend) ->
     requested = _detail(later)["requested_single_stream_expected_latency_ns"]
     assert requested == pytest.approx(found.expected_latency_ns, rel=1e-5)
     assert later.expected_latency_ns == found.expected_latency_ns
+
+
+def _automotive_run(tools, tmp_path: Path, tiny_dataset, model: Path, *options: str) -> None:
+    """``abtf-ssd run`` of the demo model on the round's automotive LoadGen (ConstantStream needs it)."""
+    done = subprocess.run(
+        [
+            str(tools.bin / "abtf-ssd"),
+            "run",
+            "--dataset-dir",
+            str(tiny_dataset.preprocessed),
+            "--model-path",
+            str(model),
+            "--config-name",
+            "demo",
+            "--threads",
+            "2",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--system-name",
+            "tiny",
+            "--round",
+            tools.round,
+            "--scenario",
+            "ConstantStream",
+            *options,
+        ],  # fmt: skip
+        env=tools.env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("round_name", ["v0.5", "v1.0"])
+def test_constant_stream_find_performance_feeds_the_next_run(
+    tmp_path, tiny_dataset, demo_onnx_model, round_name
+) -> None:
+    """Find-performance measures back-to-back queries (LoadGen's SingleStream) and stores the highest
+    rate, in 0.01 QPS steps, whose bound (1 / QPS) holds their tail latency; the next ConstantStream
+    run goes at that rate and ends without a LoadGen error."""
+    from upstream_tools import official_tools
+
+    tools = official_tools(round_name)
+    scenario_dir = tmp_path / "results/tiny/ssd/ConstantStream"
+    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--mode", "find-performance",
+                    "--test-query-count", "3")  # fmt: skip
+    found = detail_values(read_detail_log(scenario_dir / "find-performance" / DETAIL_LOG))
+    assert found["effective_scenario"] == "SingleStream" and found["result_query_count"] == 3
+    tail_ns = found["result_99.90_percentile_latency_ns"]
+    constant = rules.ROUNDS[round_name].constant_stream
+    qps = float((scenario_dir / TARGET_QPS_FILE).read_text())
+    assert constant.latency_bound_ns(qps) >= tail_ns
+    capped = constant.qps_capped_at_round and qps == constant.target_qps  # v1.0 on a fast machine
+    assert capped or tail_ns > constant.latency_bound_ns(qps + 0.01)
+    saved = json.loads((scenario_dir / "find-performance" / "results.json").read_text())
+    assert saved["target_qps"] == pytest.approx(qps)
+    assert (scenario_dir / EXPECTED_LATENCY_FILE).is_file()
+
+    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "3")
+    run_dir = scenario_dir / "performance" / "run_1"
+    records = read_detail_log(run_dir / DETAIL_LOG)
+    values = detail_values(records)
+    assert values["effective_scenario"] == "ConstantStream" and detail_messages(records) == []
+    assert values["effective_target_qps"] == pytest.approx(qps) and values["effective_max_query_count"] == 0
+    assert f"ssd.ConstantStream.target_qps = {qps!r}\n" in (run_dir / "user.conf").read_text()
+
+    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "2",
+                    "--target-qps", "2.5")  # fmt: skip
+    assert detail_values(read_detail_log(run_dir / DETAIL_LOG))["effective_target_qps"] == 2.5
+
+
+@pytest.mark.parametrize(
+    ("stored", "given", "message"),
+    [
+        ("fast\n", None, "target_qps.txt: expected a positive number of queries per second, found 'fast'"),
+        ("-3\n", None, "target_qps.txt: expected a positive number of queries per second, found '-3'"),
+        (None, 0.0, "the ConstantStream target QPS must be a positive number, got 0.0"),
+        (None, float("nan"), "the ConstantStream target QPS must be a positive number, got nan"),
+    ],
+)
+def test_a_bad_constant_stream_rate_is_refused_before_running(
+    tmp_path, tiny_dataset, backend, stored, given, message
+) -> None:
+    scenario_dir = tmp_path / "results/tiny/ssd/ConstantStream"
+    if stored is not None:
+        scenario_dir.mkdir(parents=True)
+        (scenario_dir / TARGET_QPS_FILE).write_text(stored)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _run(tmp_path, tiny_dataset, backend, scenario="ConstantStream", target_qps=given)
+    written = sorted(p.name for p in scenario_dir.iterdir()) if scenario_dir.exists() else []
+    assert written == ([TARGET_QPS_FILE] if stored is not None else [])
 
 
 def test_offline_batches_answer_like_single_stream(tmp_path, tiny_dataset, backend) -> None:
