@@ -381,5 +381,24 @@ def test_run_kinds_on_synthetic_data(
         assert (
             tree / "results" / "synthetic-sut" / "ssd" / "SingleStream" / "accuracy" / "accuracy.txt"
         ).is_file()
+        # _v0.5: the v0.5 checker's layout (measurements/ and code/ssd/<implementation>)
+        measured = tree / "measurements" / "synthetic-sut" / "ssd" / "SingleStream"
+        assert (measured / "synthetic-sut_reference_SingleStream.json").is_file()
+        assert (measured / "user.conf").is_file() and (measured / "README.md").is_file()
+        assert (tree / "code" / "ssd" / "reference").is_dir() and not (tree / "src").exists()
     else:
         assert not submission.exists()
+
+
+def test_check_script_follows_the_round(mlc_home: tuple[dict[str, str], Path]) -> None:
+    """The committed v0.5 tree (open, demo model under the mAP target): passes in test mode with the
+    mAP as a warning, fails outside test mode, and fails as a v1.0 tree (code not in src/ssd)."""
+    env, home = mlc_home
+    tree = REPO / "script" / "check-mlperf-submission-automotive" / "tests" / "submission"
+    tags = "check,mlperf,submission,automotive"
+    output = mlcr(env, home, tags, f"--submission_dir={tree}", "--test_mode")
+    assert "WARNING " in output and "[map-target-open]" in output
+    assert exported(output, "Checker errors") == "0"
+    assert "[result-valid]" in mlcr(env, home, tags, f"--submission_dir={tree}", ok=False)
+    output = mlcr(env, home, tags, f"--submission_dir={tree}", "--test_mode", "--version=v1.0", ok=False)
+    assert "[code-dir]" in output and str(tree / "open" / "MLCommons" / "src" / "ssd") in output
