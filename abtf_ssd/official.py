@@ -95,6 +95,10 @@ STRICTER_RULES = {
 """Rules of ours that the official checker does not have (it would fail differently or not at all)."""
 
 
+IMPLIED_RULES = {"test01-missing": {"test01-acc", "test01-perf"}}
+"""An official finding that brings others about (no TEST01 folder: no verify files either)."""
+
+
 def disagreement(ours: set[str], official: set[str]) -> tuple[set[str], set[str]]:
     """(rules only we found, rules only the official checker found), the silent and stricter rules aside.
 
@@ -102,6 +106,10 @@ def disagreement(ours: set[str], official: set[str]) -> tuple[set[str], set[str]
     """
     mapped = {"files" if rule in ("perf-files", "acc-files", "test01-acc-files") else rule for rule in ours}
     mapped -= set(SILENT_RULES) | set(STRICTER_RULES)
+    official = set(official)
+    for rule, implied in IMPLIED_RULES.items():
+        if rule in official:
+            official -= implied
     return mapped - official, official - mapped
 
 
@@ -135,8 +143,18 @@ class CheckerVerdict:
 
     @property
     def rules(self) -> set[str]:
-        """Our rule ids for its ERROR lines (:func:`classify`), consequences left out."""
-        return {rule for rule in map(classify, self.errors) if rule is not None}
+        """Our rule ids for its ERROR lines (:func:`classify`), consequences left out. The lines after
+        ``<detail log> contains errors:`` are the LoadGen errors it quotes, one a line."""
+        found: set[str] = set()
+        quoting = False
+        for message in self.errors:
+            rule = classify(message)
+            if quoting and rule == "unknown":
+                continue
+            quoting = message.endswith("contains errors:")
+            if rule is not None:
+                found.add(rule)
+        return found
 
 
 def check_tools(tools: str | Path) -> Path:

@@ -408,7 +408,10 @@ def check_all_scenarios(env: Mapping[str, Any], flags: Mapping[str, str], scenar
     if scenario_given:
         raise PreflightError(f"_all-scenarios runs {' and '.join(ROUND_SCENARIOS)}: leave out --scenario")
     for scenario in ROUND_SCENARIOS:
-        check_request({**env, f"{_PREFIX}SCENARIO": scenario}, flags)
+        try:
+            check_request({**env, f"{_PREFIX}SCENARIO": scenario}, flags)
+        except PreflightError as error:
+            raise PreflightError(f"_all-scenarios, {scenario}: {error}") from None
 
 
 def run_nothing_here(env: MutableMapping[str, Any]) -> None:

@@ -5,7 +5,8 @@ LoadGen built into an environment of its own (``tests/upstream_tools.py``; once 
 by the tarball's hash). Through the real ``mlcr`` of that environment:
 
 - a closed SingleStream ``_short,_submission`` (TEST01 included, verified by the round's compliance
-  scripts); the open tree of the same runs; a ConstantStream ``_short,_submission``;
+  scripts); the open tree of the same runs; an ``_all-scenarios,_short,_submission`` (SingleStream,
+  then ConstantStream at a given rate) into one open tree;
 - the round's official ``submission_checker.py`` (a subprocess) on each tree: a short run cannot meet
   the run-length rules (600 s, 6636 / 100000 queries, early stopping, 128 samples), so those, and
   for closed the demo model's mAP, must be the only rules it reports; and our checker must report
@@ -60,14 +61,23 @@ class RoundSetup:
     def mlcr(self, tags: str, *args: str, ok: bool | None = True) -> subprocess.CompletedProcess:
         return self._run([str(self.tools.bin / "mlcr"), tags, *args, "--quiet"], ok)
 
-    def benchmark(self, variations: str, scenario: str, name: str, *args: str, ok: bool | None = True):
+    def mlcr_all_scenarios(self) -> tuple[Path, Path, subprocess.CompletedProcess]:
+        return self.benchmark(
+            "_short,_all-scenarios,_submission",
+            None,
+            "all-scenarios",
+            "--division=open",
+            f"--constantstream_target_qps={CONSTANT_STREAM_QPS}",
+        )
+
+    def benchmark(self, variations: str, scenario: str | None, name: str, *args: str, ok: bool | None = True):
         results, tree = self.home / name / "results", self.home / name / "submission"
         proc = self.mlcr(
             f"run-abtf-inference,reference,_{self.tools.round},_synthetic,{variations}",
             "--model=ssd",
             "--device=cpu",
             "--framework=onnxruntime",
-            f"--scenario={scenario}",
+            *([f"--scenario={scenario}"] if scenario else []),
             f"--frames={FRAMES}",
             "--calibration_frames=1",
             f"--results_dir={results}",
@@ -116,13 +126,8 @@ def open_tree(setup: RoundSetup, closed_run: tuple[Path, Path, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def constant_stream_run(setup: RoundSetup) -> tuple[Path, Path]:
-    results, tree, _ = setup.benchmark(
-        "_short,_submission",
-        "ConstantStream",
-        "constant",
-        "--division=open",
-        f"--constantstream_target_qps={CONSTANT_STREAM_QPS}",
-    )
+    """``_all-scenarios``: a SingleStream and a ConstantStream run (at a given rate), one open tree."""
+    results, tree, _ = setup.mlcr_all_scenarios()
     return results, tree
 
 
@@ -200,6 +205,8 @@ def test_constant_stream_runs_at_the_given_rate_without_a_loadgen_error(
     setup: RoundSetup, constant_stream_run: tuple[Path, Path]
 ) -> None:
     results, tree = constant_stream_run
+    scenarios = tree / "open" / SUBMITTER / "results" / SYSTEM / "ssd"
+    assert sorted(p.name for p in scenarios.iterdir()) == ["ConstantStream", "SingleStream"]
     official = _agree(setup, tree)
     assert official <= RUN_LENGTH_RULES | {"latency-constraint"}
     assert "detail-error" not in official

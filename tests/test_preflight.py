@@ -148,6 +148,16 @@ def test_constant_stream_and_closed_division_need_the_automotive_loadgen(
     output = _refused(mlc_home, tmp_path / "b", [f"{RUN},_submission", "--division=closed"])
     assert "--division=closed: a closed-division result needs the automotive LoadGen" in output
     assert rules.AUTOMOTIVE_LOADGEN_HINT in output and "--division=open" in output
+    # _all-scenarios checks every scenario first: the SingleStream half does not run either.
+    output = _refused(mlc_home, tmp_path / "c", [f"{RUN},_synthetic,_short,_all-scenarios"])
+    assert "_all-scenarios, ConstantStream: --scenario=ConstantStream: needs the automotive LoadGen" in output
+
+
+def test_all_scenarios_refuses_a_scenario(mlc_home: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    output = _refused(
+        mlc_home, tmp_path, [f"{RUN},_synthetic,_short,_all-scenarios", "--scenario=SingleStream"]
+    )
+    assert "leave out --scenario" in output
 
 
 @pytest.mark.skipif(check_device("onnxruntime", "cuda") is None, reason="onnxruntime can use CUDA here")
