@@ -46,7 +46,7 @@ from typing import Any, TextIO
 import yaml
 
 from abtf_ssd import rules
-from abtf_ssd.checker import DIVISIONS, OPTIONAL_SCENARIOS, REQUIRED_SCENARIOS, STATUSES
+from abtf_ssd.checker import DETAIL_LOG, DIVISIONS, OPTIONAL_SCENARIOS, REQUIRED_SCENARIOS, STATUSES
 from abtf_ssd.cognata import SPLIT_PREFIXES, official_split, read_split
 from abtf_ssd.download import TOOLS
 from abtf_ssd.fileio import atomic_write_json, exclusive_lock
@@ -1074,23 +1074,25 @@ def run_plan(
         return PlanError(f"{plan.output}: another plan runner is using this folder")
 
     with exclusive_lock(plan.output / LOCK_NAME, busy):
+        from abtf_ssd.submission import tarball_path
+
+        # The tarball of an earlier run stands for earlier results: made again only once all passes.
+        tarball_path(plan.submission_dir).unlink(missing_ok=True)
         outcome = PlanOutcome()
         try:
             _run_steps(plan, loadgen_kind, latency_ms, outcome, stream, progress_interval_s)
-        except KeyboardInterrupt:
+            if not outcome.failed:
+                _finish(plan, outcome, official_tools, stream)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            print(
+                f"[plan] interrupted: finished runs are kept; rerun to resume: {_rerun_hint(plan)}",
+                file=sys.stderr,
+            )
+            if isinstance(stop, SystemExit):
+                raise
             from abtf_ssd.harness import EXIT_INTERRUPTED
 
-            print(
-                f"[plan] interrupted: finished runs are kept; rerun to resume: {_rerun_hint(plan)}",
-                file=sys.stderr,
-            )
             raise SystemExit(EXIT_INTERRUPTED) from None
-        except SystemExit:
-            print(
-                f"[plan] interrupted: finished runs are kept; rerun to resume: {_rerun_hint(plan)}",
-                file=sys.stderr,
-            )
-            raise
         if outcome.failed:
             for label, error in outcome.failed.items():
                 print(f"[plan] FAILED {label}: {error}", file=stream)
@@ -1098,8 +1100,6 @@ def run_plan(
                 "[plan] no submission built: fix the failed runs and rerun (finished runs are kept)",
                 file=stream,
             )
-            return outcome
-        _finish(plan, outcome, official_tools, stream)
     return outcome
 
 
@@ -1349,8 +1349,13 @@ def plan_status(plan: Plan) -> list[StepStatus]:
         folder = step_folder(plan, step)
         marker = read_marker(folder)
         resolved = resolve_source(plan, step.run, build=False)
+        identity = None
         if marker is not None and resolved is not None:
-            identity = step_identity(plan, step, resolved, kind)
+            try:
+                identity = step_identity(plan, step, resolved, kind)
+            except (OSError, ValueError):
+                identity = None  # the model or dataset is gone: nothing to compare with
+        if marker is not None and identity is not None:
             if finished(marker, identity):
                 verdict = marker.get("result")
                 statuses.append(StepStatus(step, "done", f"LoadGen {verdict}" if verdict else ""))
@@ -1361,14 +1366,14 @@ def plan_status(plan: Plan) -> list[StepStatus]:
                 continue
             statuses.append(StepStatus(step, "pending", f"finished {marker.get('result')}: runs again"))
             continue
-        if marker is not None:
-            statuses.append(StepStatus(step, "done", "source not found to verify the identity"))
+        if marker is not None and _step_done_on_disk(plan, step):
+            statuses.append(StepStatus(step, "done", "the model or dataset is not there to verify it"))
             continue
         results = _results_json(folder)
         state = results.get("status")
         if state in ("interrupted", "failed"):
             statuses.append(StepStatus(step, state, "runs again from the start"))
-        elif (folder / "mlperf_log_detail.txt").is_file():
+        elif (folder / DETAIL_LOG).is_file():
             statuses.append(
                 StepStatus(step, "interrupted", "unfinished (no marker): runs again from the start")
             )
