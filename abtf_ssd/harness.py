@@ -671,7 +671,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
 
     # Nothing refused the run: from here on the folder is this run's.
     _prepare_output(out_dir, audit_config)
-    atomic_write_text(out_dir / USER_CONF, rules.user_conf_text(settings, options.scenario, options.round))
+    measured = "SingleStream" if settings.scenario == lg.TestScenario.SingleStream else options.scenario
+    atomic_write_text(out_dir / USER_CONF, rules.user_conf_text(settings, measured, options.round))
     atomic_write_text(out_dir / COMMAND_TXT, command + "\n")
     backend_name = getattr(backend, "name", type(backend).__name__)
 

@@ -87,7 +87,7 @@ class ConstantStreamRules(LatencyRules):
 
     def latency_bound_ns(self, target_qps: float | None = None) -> int:
         """The latency LoadGen holds each query to at ``target_qps`` (default: the round's)."""
-        return int(round(1e9 / (target_qps or self.target_qps)))
+        return int(1e9 / (target_qps or self.target_qps))  # LoadGen truncates too
 
     def target_qps_within_bound(self, latency_ns: float) -> float:
         """The highest QPS whose bound (``1 / QPS``) a system of this query latency meets, rounded down
@@ -247,13 +247,12 @@ def make_test_settings(
     if test_query_count < 1:
         raise RulesError(f"test_query_count must be at least 1, got {test_query_count}")
     check_target_qps(target_qps)
+    requested = loadgen_scenario(scenario)  # refuses ConstantStream without the automotive LoadGen
     measured_scenario = (
         "SingleStream" if scenario == "ConstantStream" and mode == "find-performance" else scenario
     )
     settings = lg.TestSettings()
-    settings.scenario = (
-        loadgen_scenario(scenario) if measured_scenario == scenario else lg.TestScenario.SingleStream
-    )
+    settings.scenario = requested if measured_scenario == scenario else lg.TestScenario.SingleStream
     settings.mode = _loadgen_mode(mode)
 
     settings.qsl_rng_seed = rules.qsl_rng_seed
@@ -379,9 +378,9 @@ def effective_user_conf_text(values: dict[str, object], scenario: str, round: st
     ConstantStream QPS from a non-zero target latency, and a SingleStream target latency is logged as
     its QPS (``1 / latency``).
     """
-    if "effective_target_qps" not in values:
-        return None
     logged = str(values.get("effective_scenario") or scenario).replace(" ", "")
+    if "effective_target_qps" not in values or logged not in ROUND_SCENARIOS:
+        return None  # Offline / MultiStream (test runs only) keep the requested settings
     qps = float(values["effective_target_qps"])  # type: ignore[arg-type]
     lines = [
         f"# Effective LoadGen settings of this run (round {round}), from its mlperf_log_detail.txt.",

@@ -298,10 +298,14 @@ def scenario_readme(
     run, notes."""
     metric = get_round(version).metric(scenario)
     value = perf.get(metric)
-    shown = f"{value:.3f}" if metric.endswith("_per_sec") and isinstance(value, (int, float)) else _ms(value)
-    rows = [
-        (f"{METRIC_LABELS[metric].capitalize()}, the metric round {version} reports", shown),
-        ("Early-stopping 99.9th percentile latency (ms)", _ms(perf.get(RESULT_KEY))),
+    if not value:
+        shown = "n/a (too few queries for an estimate)"
+    else:
+        shown = f"{value:.3f}" if metric.endswith("_per_sec") else _ms(value)
+    rows = [(f"{METRIC_LABELS[metric].capitalize()}, the metric round {version} reports", shown)]
+    if metric != RESULT_KEY:
+        rows.append(("Early-stopping 99.9th percentile latency (ms)", _ms(perf.get(RESULT_KEY))))
+    rows += [
         ("99.9th percentile latency (ms)", _ms(perf.get("result_99.90_percentile_latency_ns"))),
         ("Mean latency (ms)", _ms(perf.get("result_mean_latency_ns"))),
         ("Queries", str(perf.get("result_query_count", "n/a"))),
