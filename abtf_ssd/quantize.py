@@ -5,7 +5,8 @@ weights, uint8 activations), calibrated on the benchmark's calibration split rea
 :func:`abtf_ssd.store.open_dataset` (our own preprocessing: the same images the validation split
 gets). Only the calibration split is accepted (``calib_<i>`` samples): calibrating on validation
 frames is against the rules. Calibration runs one frame at a time, so an 8 MP frame's activations
-are in memory once, not once a frame.
+are in memory once, not once a frame; that once still takes more than 21 GB for ONNX Runtime's
+calibration session at 8 MP (measured with minmax), so 8 MP models need a machine with 32 GB or more.
 
 FP16 (:func:`convert_fp16`): every float32 weight and activation as float16, the model's input and
 outputs kept float32 (``keep_io_types``), so the harness feeds and reads it as it does the FP32

@@ -10,8 +10,10 @@
 #    else from $INDEX_URL when it answers; a framework still without CUDA is left out of the
 #    benchmark, which says why;
 # 3. runs bench/bench_cuda.py (the 8 MP model; --runs $RUNS after --warmup $WARMUP);
+# 3b. runs bench/bench_quantize.py --parts cuda: the 8 MP model FP16 vs FP32 on ONNX Runtime's CUDA
+#    provider, mean and p99.9 (target: FP16 p99.9 under 25 ms on an H200);
 # 4. runs the tests that exercise CUDA where it is usable (tests/test_io_binding.py,
-#    tests/test_backends.py: their CUDA cases skip themselves elsewhere);
+#    tests/test_backends.py, tests/test_quantize.py: their CUDA cases skip themselves elsewhere);
 # 5. leaves bench_cuda.json and the logs in $RESULTS (default: $OUT when set, else bench/out/cuda).
 #
 # This repository is used from its folder (PYTHONPATH), not pip-installed: `pip install -e .`
@@ -190,8 +192,18 @@ if [[ "$bench_status" != 0 ]]; then
     failures+=("bench_cuda.py (exit status $bench_status)")
 fi
 
-step "tests with CUDA cases: tests/test_io_binding.py tests/test_backends.py"
-(cd "$REPO" && "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_io_binding.py tests/test_backends.py) 2>&1 |
+step "bench/bench_quantize.py --parts cuda (FP16 vs FP32) --cuda-runs $RUNS --cuda-warmup $WARMUP"
+(cd "$REPO" && "$PY" bench/bench_quantize.py --parts cuda --cuda-runs "$RUNS" --cuda-warmup "$WARMUP" \
+    --json "$RESULTS/bench_quantize_cuda.json") 2>&1 | tee "$RESULTS/bench_quantize_cuda.log"
+fp16_status="${PIPESTATUS[0]}"
+if [[ "$fp16_status" != 0 ]]; then
+    failures+=("bench_quantize.py --parts cuda (exit status $fp16_status)")
+fi
+
+step "tests with CUDA cases: tests/test_io_binding.py tests/test_backends.py tests/test_quantize.py"
+(cd "$REPO" && "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_io_binding.py tests/test_backends.py \
+    tests/test_quantize.py::test_fp16_model_runs_on_cuda tests/test_quantize.py::test_pytorch_autocast_stays_close_to_float32) \
+    2>&1 |
     tee "$RESULTS/pytest_cuda.log"
 tests_status="${PIPESTATUS[0]}"
 if [[ "$tests_status" != 0 ]]; then

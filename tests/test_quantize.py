@@ -21,7 +21,15 @@ from test_mlc_scripts import exported, mlcr, registered_mlc_home
 from abtf_ssd import quantize
 from abtf_ssd.accuracy import ACCURACY_LOG, read_accuracy_log
 
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 CALIBRATION_FRAMES = 3
+CUDA = torch_cuda_available()
 MODEL_LABEL = "SSD-ResNet50 model"
 MODEL_TAGS = "get,ml-model,ssd,resnet50,_synthetic,_onnx"
 CALIBRATION_TAGS = "get,preprocessed,dataset,cognata,_calibration"
@@ -180,6 +188,30 @@ def test_fp16_model_runs_on_cuda(demo_onnx_model: Path, tiny_dataset, tmp_path: 
     want = create_backend("onnxruntime", demo_onnx_model, "cpu").predict(image)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=0.05 + 0.01 * np.abs(w).max())
+
+
+@pytest.mark.parametrize(
+    "autocast", ["bf16", pytest.param("fp16", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+)
+def test_pytorch_autocast_stays_close_to_float32(autocast: str, tiny_dataset, tmp_path: Path) -> None:
+    from abtf_ssd.backends import create_backend
+    from abtf_ssd.cli import export_model
+    from abtf_ssd.config import DEMO_CONFIG
+    from abtf_ssd.store import open_dataset
+
+    weights = export_model(DEMO_CONFIG, tmp_path / "demo.pth", seed=0, model_format="pytorch")
+    device = "cuda" if autocast == "fp16" else "cpu"
+    backend = create_backend("pytorch", weights, device, 2)
+    image = open_dataset(tiny_dataset.preprocessed).image(0)
+    want = backend.predict(image)
+    backend.autocast = autocast
+    got = backend.predict(image)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32 and not np.array_equal(g, w), "autocast changed nothing"
+        np.testing.assert_allclose(g, w, atol=0.05 + 0.02 * np.abs(w).max())
+    backend.autocast = "int4"
+    with pytest.raises(ValueError, match="autocast 'int4'"):
+        backend.predict(image)
 
 
 def test_bad_inputs_get_one_line(

@@ -15,6 +15,7 @@ and ONNX Runtime's CUDA provider searches convolution algorithms the same way by
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +80,21 @@ def infer_config(path: Path) -> SSDConfig:
     raise BackendError(f"{path}: the checkpoint fits no known config; it {differences}")
 
 
+AUTOCAST_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""``PyTorchBackend.autocast`` values: the type ``torch.autocast`` runs convolutions in."""
+
+
 class PyTorchBackend(ModelBackend):
-    """``predict`` through the PyTorch model; see the module docstring."""
+    """``predict`` through the PyTorch model; see the module docstring.
+
+    ``autocast``: None (float32, the default) or a key of :data:`AUTOCAST_TYPES`: ``predict`` then runs
+    under ``torch.autocast`` on the model's device (fp16 for CUDA, bf16 for a CPU with AVX512-BF16);
+    outputs stay float32. Set it on the backend between calls.
+    """
 
     framework = "pytorch"
     device_kinds = DEVICE_KINDS
+    autocast: str | None = None
 
     def _open(self, device: str, threads: int, config_name: str | None) -> SSDConfig:
         kind, index = parse_device(device, DEVICE_KINDS)
@@ -101,9 +112,16 @@ class PyTorchBackend(ModelBackend):
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """batch (B, 3, H, W) float32 -> (loc (B, 4, A), conf (B, C, A)) float32."""
         batch = check_batch(batch, self.input_shape)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             loc, conf = self.model(self._to_device(batch))
             return loc.float().cpu().numpy(), conf.float().cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        if self.autocast not in AUTOCAST_TYPES:
+            raise ValueError(f"autocast {self.autocast!r}: use one of {', '.join(AUTOCAST_TYPES)} or None")
+        return torch.autocast(self.device.type, dtype=AUTOCAST_TYPES[self.autocast])
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         """The batch on the model's device; on CUDA through a reused page-locked host buffer."""
