@@ -969,7 +969,8 @@ class _CountingBackend:
 class RowSummary:
     system: str
     scenario: str
-    metric_ms: float | None = None
+    metric: str | None = None
+    """The round's metric of the scenario with its unit (``581.000 ms``, ``14.2 samples/s``)."""
     map: float | None = None
     result: str | None = None
     verdict: str = ""
@@ -1261,7 +1262,7 @@ def summary_rows(plan: Plan, checker_errors: list[str]) -> list[RowSummary]:
         performance = _results_json(step_folder(plan, Step(run, PERFORMANCE)))
         accuracy = _results_json(step_folder(plan, Step(run, ACCURACY)))
         summary = performance.get("summary") or {}
-        row.metric_ms = summary.get("early_stopping_ms") or summary.get("p999_ms")
+        row.metric = _metric(plan, run)
         row.result = summary.get("result")
         row.map = (accuracy.get("accuracy") or {}).get("mAP")
         folder = f"/results/{run.system}/ssd/{run.scenario}"
@@ -1269,6 +1270,19 @@ def summary_rows(plan: Plan, checker_errors: list[str]) -> list[RowSummary]:
         row.verdict = "pass" if not errors else f"{len(errors)} error(s)"
         rows.append(row)
     return rows
+
+
+def _metric(plan: Plan, run: PlannedRun) -> str | None:
+    """The metric the round reports for the run's scenario, read from its performance detail log."""
+    from abtf_ssd.checker import read_detail
+    from abtf_ssd.report import LogFormatError, format_metric
+
+    key = rules.get_round(plan.round).metric(run.scenario)
+    try:
+        values, _ = read_detail(step_folder(plan, Step(run, PERFORMANCE)) / DETAIL_LOG)
+    except (OSError, ValueError, LogFormatError):
+        return None
+    return format_metric(key, values[key]) if values.get(key) is not None else None
 
 
 def _results_json(folder: Path) -> dict[str, Any]:
@@ -1280,13 +1294,13 @@ def _results_json(folder: Path) -> dict[str, Any]:
 
 
 def format_summary(plan: Plan, outcome: PlanOutcome) -> str:
-    rows = [("system", "scenario", "p99.9 latency (ms)", "mAP", "LoadGen", "checker")]
+    rows = [("system", "scenario", "metric", "mAP", "LoadGen", "checker")]
     for row in outcome.rows:
         rows.append(
             (
                 row.system,
                 row.scenario,
-                f"{row.metric_ms:.3f}" if row.metric_ms is not None else "-",
+                row.metric or "-",
                 f"{row.map:.4f}" if row.map is not None else "-",
                 row.result or "-",
                 row.verdict,

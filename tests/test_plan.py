@@ -98,7 +98,7 @@ def test_demo_plan_end_to_end_makes_a_checked_tarball(demo_output: Path, tmp_pat
     for row in rows.values():
         assert row["scenario"] == "SingleStream" and row["verdict"] == "pass"
         assert row["map"] is not None and row["map"] > 0.5  # the committed demo weights detect
-        assert row["metric_ms"] > 0 and row["result"] == "INVALID"  # 8 queries: test mode
+        assert row["metric"].endswith(" ms") and row["result"] == "INVALID"  # 8 queries: test mode
     for system in (ORT_SYSTEM, TORCH_SYSTEM):
         marker = json.loads((_scenario(demo_output, system) / "accuracy" / plan.MARKER_NAME).read_text())
         assert marker["identity"]["framework"] in system and len(marker["identity"]["model_sha256"]) == 64
@@ -442,6 +442,8 @@ def test_constant_stream_plan_on_the_automotive_loadgen_with_the_official_checke
         ("SingleStream", "pass"),
         ("ConstantStream", "pass"),
     ]
+    # v0.5 reports the ConstantStream throughput, SingleStream the early-stopping latency.
+    assert [row["metric"].split()[-1] for row in summary["rows"]] == ["ms", "samples/s"]
     marker = json.loads(
         (
             output
