@@ -547,12 +547,16 @@ def _copy_atomic(source: Path, destination: Path) -> None:
         shutil.copyfile(source, temp)
 
 
+MODEL_FILE_SUFFIXES = (".pth", ".pt", ".onnx")
+"""Weights are no code: measurements JSON names them (``starting_weights_filename``)."""
+
+
 def _code_file_wanted(path: Path) -> bool:
     name = path.name
     return not (
         name.startswith(".")
         or name == "__pycache__"
-        or name.endswith((".pyc", ".pyo"))
+        or name.endswith((".pyc", ".pyo", *MODEL_FILE_SUFFIXES))
         or " " in name
         or path.is_symlink()
     )
@@ -561,7 +565,8 @@ def _code_file_wanted(path: Path) -> bool:
 def copy_code(code_dir: Path, destination: Path) -> int:
     """Copy the sources under ``code_dir`` into ``destination``; returns the number of files.
 
-    Leaves out what the checker forbids (dot-files, __pycache__, spaces, links) and compiled files.
+    Leaves out what the checker forbids (dot-files, __pycache__, spaces, links), compiled files and
+    model weights (:data:`MODEL_FILE_SUFFIXES`).
     """
     if not code_dir.is_dir():
         raise SubmissionError(f"code folder {code_dir} does not exist")
