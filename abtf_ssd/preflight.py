@@ -312,6 +312,14 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
         raise PreflightError(f"round: {error}") from None
     scenario = inputs.choice(f"{_PREFIX}SCENARIO", rules.SCENARIOS, "scenario")
     framework = inputs.choice(f"{_PREFIX}FRAMEWORK", FRAMEWORKS, "framework")
+    if inputs.text(f"{_PREFIX}MODEL_PRECISION"):
+        from .quantize import PRECISIONS
+
+        precision = inputs.choice(f"{_PREFIX}MODEL_PRECISION", ("fp32", *PRECISIONS), "precision")
+        if precision != "fp32" and framework != "onnxruntime":
+            raise inputs.fail(
+                f"{_PREFIX}MODEL_PRECISION", "reduced-precision models are ONNX: use --framework=onnxruntime"
+            )
     device_key = f"{_PREFIX}DEVICE"
     device = normalize_device(inputs.text(device_key) or "")
     try:

@@ -268,14 +268,53 @@ def system_description(
         else:
             system[key] = NOT_APPLICABLE
             defaulted.append(key)
+    precision = _reduced_precision_note(run_info)
+    if precision:
+        notes = system["sw_notes"]
+        system["sw_notes"] = precision if notes == NOT_APPLICABLE else f"{notes}; {precision}"
     return system, defaulted
 
 
+def _reduced_precision_note(run_info: dict[str, Any]) -> str | None:
+    """``model: int8 weights, uint8,fp32 activations`` for a model that is not FP32 throughout."""
+    model = run_info.get("model_path")
+    if not model or not Path(str(model)).is_file():
+        return None
+    from abtf_ssd.quantize import model_data_types
+
+    types = model_data_types(Path(str(model)))
+    if types.weights == "fp32" and types.activations == "fp32":
+        return None
+    return f"model: {types.weights} weights, {types.activations} activations"
+
+
+def model_measurements(model: Path) -> dict[str, str]:
+    """What the model file says of itself: its data types, and for a reduced-precision model made by
+    :mod:`abtf_ssd.quantize` the transformation and the FP32 weights it started from."""
+    from abtf_ssd.quantize import model_data_types, precision_record
+
+    types = model_data_types(model)
+    values = {"weight_data_types": types.weights, "input_data_types": types.inputs}
+    record = precision_record(model) if model.suffix == ".onnx" else None
+    if record:
+        recipe = record.get("recipe", {})
+        if record.get("precision") == "int8":
+            how = f"quantization ({recipe.get('method')}, {recipe.get('frames')} calibration frames)"
+        else:
+            how = f"{record.get('precision')} conversion"
+        values["weight_transformations"] = how
+        values["starting_weights_filename"] = str(record.get("source") or model.name)
+    return values
+
+
 def measurements(run_info: dict[str, Any], overrides: dict[str, str] | None) -> dict[str, str]:
-    """measurements.json: the five fields, weights file from the run's results.json."""
+    """measurements.json: the five fields, the weights file from the run's results.json and, where that
+    file is still there, its data types (:func:`model_measurements`)."""
     values = dict(DEFAULT_MEASUREMENTS)
     model = run_info.get("model_path") or run_info.get("model")
     values["starting_weights_filename"] = Path(str(model)).name if model else NOT_APPLICABLE
+    if model and Path(str(model)).is_file():
+        values.update(model_measurements(Path(str(model))))
     values.update(overrides or {})
     return values
 

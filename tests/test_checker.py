@@ -326,6 +326,17 @@ def test_map_under_target_is_an_error_for_closed_in_every_mode(tree, allow_test_
     assert "map-target" not in {e.rule for e in found.relaxed} and found.warnings == []
 
 
+def test_a_reduced_precision_closed_result_under_target_says_so(tree):
+    """Closed takes INT8 / FP16 only at 99.9 % of the FP32 reference; the message says what to do."""
+    _edit_json(tree.measurements_json, lambda data: data.update(weight_data_types="int8"))
+    concerned = tree.results / "accuracy" / checker.ACCURACY_TXT
+    set_map(concerned, 0.7171)
+    (error,) = [e for e in _check(tree, True).errors if e.rule == "map-target"]
+    assert "reduced precision (int8 weights)" in error.message and "open division" in error.message
+    set_map(concerned, 0.72)
+    assert "map-target" not in _check(tree, True).rules
+
+
 @pytest.mark.parametrize("allow_test_mode", [True, False])
 def test_map_under_target_is_a_warning_for_open(open_tree, tmp_path, allow_test_mode):
     tree = copy_tree(open_tree, tmp_path)

@@ -307,3 +307,42 @@ def test_cli_help_lists_quantize() -> None:
         timeout=120,
     )
     assert proc.returncode == 0 and "--keep-fp32" in proc.stdout and "entropy" in proc.stdout
+
+
+def test_int8_submission_carries_its_data_types(mlc_home: tuple[dict[str, str], Path]) -> None:
+    """``run-abtf-inference --precision=int8``: the model script's _int8, and a submission that says so."""
+    env, home = mlc_home
+    results, tree = home / "int8-results", home / "int8-submission"
+    mlcr(
+        env,
+        home,
+        "run-abtf-inference,reference,_v0.5,_synthetic,_short,_submission",
+        "--model=ssd",
+        "--device=cpu",
+        "--framework=onnxruntime",
+        "--scenario=SingleStream",
+        "--precision=int8",
+        "--frames=8",
+        "--calibration_frames=2",
+        f"--results_dir={results}",
+        f"--submission_dir={tree}",
+    )
+    submitter = next((tree / "open").iterdir())
+    (measured,) = (submitter / "measurements").glob("*/ssd/SingleStream/*.json")
+    values = json.loads(measured.read_text())
+    assert values["weight_data_types"] == "int8" and values["input_data_types"] == "fp32"
+    assert values["weight_transformations"].startswith("quantization (entropy, 2 calibration frames")
+    (system,) = (submitter / "systems").glob("*.json")
+    assert "model: int8 weights, uint8" in json.loads(system.read_text())["sw_notes"]
+    # A PyTorch run cannot take a reduced-precision model: refused before any getter.
+    output = mlcr(
+        env,
+        home,
+        "run-abtf-inference,reference,_v0.5,_synthetic,_short",
+        "--framework=pytorch",
+        "--precision=int8",
+        f"--results_dir={home / 'refused'}",
+        ok=False,
+    )
+    assert "--precision=int8: reduced-precision models are ONNX" in output
+    assert not (home / "refused").exists()
