@@ -34,12 +34,12 @@ from abtf_ssd.official import disagreement, run_submission_checker
 from abtf_ssd.report import detail_values, read_detail_log
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES = 16
+FRAMES = 8
 RUN_LENGTH_RULES = {"min-duration", "min-query-count", "perf-sample-count"}
-"""What a short run cannot meet; with 16 frames the performance sample count is 16, not 128."""
+"""What a short run cannot meet; with 8 frames the performance sample count is 8, not 128."""
 SYSTEM = "default"
 SUBMITTER = "MLCommons"
-CONSTANT_STREAM_QPS = 2.0
+CONSTANT_STREAM_QPS = 4.0
 
 
 class RoundSetup:
