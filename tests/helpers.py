@@ -66,3 +66,33 @@ def write_or_die(path, data):
 store._write_json = write_or_die
 {call}
 """
+
+
+def run_instant_sut(out: Path, settings, samples: int, answer_after_s: float) -> Path:
+    """A real LoadGen run with ``settings`` of an SUT that answers each sample with six zero floats
+    after ``answer_after_s``; its logs go to ``out`` (created), away from any audit.config."""
+    import time
+
+    import mlperf_loadgen as lg
+    import numpy as np
+
+    response = np.zeros(6, np.float32)
+
+    def issue(query_samples: list) -> None:
+        time.sleep(answer_after_s)
+        lg.QuerySamplesComplete(
+            [lg.QuerySampleResponse(s.id, response.ctypes.data, response.nbytes) for s in query_samples]
+        )
+
+    sut = lg.ConstructSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(samples, samples, lambda _: None, lambda _: None)
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(out)
+    log_settings.log_output.copy_summary_to_stdout = False
+    out.mkdir(parents=True)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, str(out / "no-audit.config"))
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    return out

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import mlperf_loadgen as lg
 import numpy as np
 import pytest
+from helpers import run_instant_sut
 from PIL import Image
 
 from abtf_ssd.accuracy import load_ground_truth
@@ -40,25 +40,7 @@ def _loadgen_run(out: Path, queries: int, percentile: float, mode=lg.TestMode.Pe
     settings.min_duration_ms = 0
     settings.single_stream_target_latency_percentile = percentile
     settings.single_stream_expected_latency_ns = 200_000
-    response = np.zeros(6, np.float32)
-
-    def issue(samples: list) -> None:
-        time.sleep(0.0002)
-        lg.QuerySamplesComplete(
-            [lg.QuerySampleResponse(s.id, response.ctypes.data, response.nbytes) for s in samples]
-        )
-
-    sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(8, 8, lambda _: None, lambda _: None)
-    log_settings = lg.LogSettings()
-    log_settings.log_output.outdir = str(out)
-    out.mkdir(parents=True)
-    try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
-    return out
+    return run_instant_sut(out, settings, samples=8, answer_after_s=0.0002)
 
 
 @pytest.fixture(scope="module")

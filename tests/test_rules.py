@@ -10,12 +10,11 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlperf_loadgen as lg
-import numpy as np
 import pytest
+from helpers import run_instant_sut
 
 from abtf_ssd import rules
 from abtf_ssd.report import DETAIL_LOG, detail_values, read_detail_log
@@ -285,25 +284,7 @@ def test_audit_config_text() -> None:
 
 def _pypi_loadgen_run(out: Path, settings: lg.TestSettings) -> dict[str, object]:
     """A real run of an instant SUT with ``settings``; the values of its detail log."""
-    response = np.zeros(6, np.float32)
-
-    def issue(samples: list) -> None:
-        time.sleep(0.001)
-        lg.QuerySamplesComplete(
-            [lg.QuerySampleResponse(s.id, response.ctypes.data, response.nbytes) for s in samples]
-        )
-
-    sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(4, 4, lambda _: None, lambda _: None)
-    log_settings = lg.LogSettings()
-    log_settings.log_output.outdir = str(out)
-    log_settings.log_output.copy_summary_to_stdout = False
-    out.mkdir(parents=True)
-    try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, str(out / "no-audit.config"))
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
+    run_instant_sut(out, settings, samples=4, answer_after_s=0.001)
     return detail_values(read_detail_log(out / DETAIL_LOG))
 
 
