@@ -728,13 +728,7 @@ def run_latency(plan: Plan, run: PlannedRun, latency_ms: float | None = None) ->
         return Latency(run.latency_ms, "plan latency_ms")
     from abtf_ssd.harness import stored_expected_latency
 
-    options = RunOptions(
-        dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
-    )
-    try:
-        stored = stored_expected_latency(options)
-    except ValueError:
-        stored = None
+    stored = _stored(plan, run, stored_expected_latency)
     if stored is not None:
         return Latency(stored / 1e6, "find-performance")
     results = step_folder(plan, Step(run, PERFORMANCE)) / RESULTS_JSON
@@ -747,6 +741,18 @@ def run_latency(plan: Plan, run: PlannedRun, latency_ms: float | None = None) ->
     return Latency(None, "unknown")
 
 
+def _stored(plan: Plan, run: PlannedRun, reader: Callable[[RunOptions], float | None]) -> float | None:
+    """What a find-performance run stored for ``run``'s system and scenario (``reader``: the harness's
+    ``stored_expected_latency`` or ``stored_target_qps``); None when nothing or something unreadable."""
+    options = RunOptions(
+        dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
+    )
+    try:
+        return reader(options)
+    except ValueError:
+        return None
+
+
 def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -> float:
     """The rate a ConstantStream run issues queries at: the plan's ``target_qps``, else the one a
     find-performance run stored, else the one find-performance will find at ``latency_ms`` (valid
@@ -756,13 +762,7 @@ def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -
     constant = rules.get_round(plan.round).constant_stream
     if run.target_qps is not None:
         return run.target_qps
-    options = RunOptions(
-        dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
-    )
-    try:
-        stored = stored_target_qps(options)
-    except ValueError:
-        stored = None
+    stored = _stored(plan, run, stored_target_qps)
     if stored is not None:
         return stored
     finds_rate = run.execution_mode == "valid" and run.latency_ms is None
