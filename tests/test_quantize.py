@@ -284,6 +284,8 @@ def test_mlc_int8_model_is_cached_apart_and_reused(mlc_home: tuple[dict[str, str
     assert other != int8 and quantize.precision_record(other)["recipe"]["method"] == "entropy"
     fp32 = Path(exported(mlcr(env, home, MODEL_TAGS), MODEL_LABEL))
     assert fp32.parent != int8.parent and quantize.precision_record(fp32) is None
+    # Calibration frames matter to INT8 only: an FP32 request with them takes the same entry.
+    assert Path(exported(mlcr(env, home, MODEL_TAGS, *TINY_SYNTH), MODEL_LABEL)) == fp32
 
 
 def test_mlc_precision_of_a_pytorch_model_is_refused_before_any_work(
