@@ -3,7 +3,7 @@
     abtf-ssd synth | preprocess | convert-store | export-onnx | train | run | accuracy | show | sysinfo
 
 Each subcommand maps its options onto one library function (``--store mmap`` picks the
-memory-mapped store's function: :mod:`abtf_ssd.store`). Options left out are not passed at
+memory-mapped store's function: :mod:`abtf_ssd.data.store`). Options left out are not passed at
 all, so the library's own defaults apply and are stated only there. Errors the library raises for
 bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1; so is a
 ``run`` in which queries failed, after its results table.
@@ -12,83 +12,21 @@ bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one lin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import logging
 import shlex
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from abtf_ssd.backends import FRAMEWORKS
 from abtf_ssd.cognata import SPLIT_PREFIXES, SPLITS, official_split
-from abtf_ssd.download import MODEL_FORMATS
+from abtf_ssd.data.download import MODEL_FORMATS
+from abtf_ssd.model.backends import FRAMEWORKS
 
 PROG = "abtf-ssd"
 """The console script's name: how help, errors and recorded commands name this program."""
-
-
-def export_model(
-    config: str,
-    out: str | Path,
-    checkpoint: str | Path | None = None,
-    seed: int = 0,
-    model_format: str = "onnx",
-    batch_size: int = 1,
-) -> Path:
-    """Write an SSD-ResNet50 of ``config`` as ONNX or as a PyTorch checkpoint.
-
-    Weights come from ``checkpoint`` when given, else from the seeded initialisation.
-    """
-    from abtf_ssd.model import build_ssd, export_onnx, init_weights, load_checkpoint
-    from abtf_ssd.train import save_checkpoint
-
-    if model_format not in MODEL_FORMATS:
-        raise ValueError(f"unknown model format {model_format!r}; known: {', '.join(MODEL_FORMATS)}")
-    model = build_ssd(config)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    else:
-        init_weights(model, seed)
-    if model_format == "onnx":
-        with _quiet_onnx_exporter():
-            return export_onnx(model, out, batch_size=batch_size)
-    return save_checkpoint(model, out, half=False, seed=seed, source=str(checkpoint or "random"))
-
-
-_ONNX_EXPORTER_LOGGER = "torch.onnx"
-_PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-"""A FutureWarning torch's own exporter triggers in torch 2.13: nothing the caller can act on."""
-
-
-@contextlib.contextmanager
-def _quiet_onnx_exporter() -> Iterator[None]:
-    """Hold back the ONNX exporter's chatter unless INFO logging is on (``abtf-ssd -v``).
-
-    The ``[torch.onnx]`` progress lines it prints are kept and written to stderr if the export
-    fails; its warnings about operator libraries the model does not use (torchvision) and the
-    pytree deprecation are dropped. Errors it logs and exceptions it raises still come through.
-    """
-    if logging.getLogger().isEnabledFor(logging.INFO):
-        yield
-        return
-    exporter_logger = logging.getLogger(_ONNX_EXPORTER_LOGGER)
-    level = exporter_logger.level
-    progress = io.StringIO()
-    exporter_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(progress):
-            warnings.filterwarnings("ignore", message=_PYTREE_DEPRECATION, category=FutureWarning)
-            yield
-    except BaseException:
-        sys.stderr.write(progress.getvalue())
-        raise
-    finally:
-        exporter_logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,14 +34,14 @@ def _quiet_onnx_exporter() -> Iterator[None]:
 
 
 def _synth(**options: Any) -> None:
-    from abtf_ssd.synth import generate
+    from abtf_ssd.data.synth import generate
 
     print(generate(**options))
 
 
 def _preprocess(split: str | None = None, store: str = "pickle", **options: Any) -> None:
-    from abtf_ssd.preprocess import build_preprocessed
-    from abtf_ssd.store import preprocess_to_store
+    from abtf_ssd.data.preprocess import build_preprocessed
+    from abtf_ssd.data.store import preprocess_to_store
 
     if split is not None:
         options["split_csv"] = official_split(split)
@@ -111,7 +49,7 @@ def _preprocess(split: str | None = None, store: str = "pickle", **options: Any)
 
 
 def _convert_store(pickle_dir: str, store_dir: str | None = None, **options: Any) -> None:
-    from abtf_ssd.store import StoreNotWritableError, convert_pickles_to_store, default_store_dir
+    from abtf_ssd.data.store import StoreNotWritableError, convert_pickles_to_store, default_store_dir
 
     out = store_dir if store_dir is not None else default_store_dir(pickle_dir)
     try:
@@ -121,21 +59,23 @@ def _convert_store(pickle_dir: str, store_dir: str | None = None, **options: Any
 
 
 def _export(**options: Any) -> None:
+    from abtf_ssd.model.export import export_model
+
     print(export_model(**options))
 
 
 def _train(**options: Any) -> None:
-    from abtf_ssd.train import train
+    from abtf_ssd.model.train import train
 
     result = train(**options)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
 
 
 def _run(store: str = "pickle", **options: Any) -> None:
-    from abtf_ssd.harness import RunOptions, run
+    from abtf_ssd.loadgen.harness import RunOptions, run
 
     if store == "mmap":
-        from abtf_ssd.store import prepare_store
+        from abtf_ssd.data.store import prepare_store
 
         prefix = options.get("dataset_prefix", RunOptions.dataset_prefix)
         options["dataset_dir"] = str(prepare_store(options["dataset_dir"], prefix))
@@ -147,25 +87,26 @@ def _run(store: str = "pickle", **options: Any) -> None:
 
 
 def _accuracy(**options: Any) -> None:
-    from abtf_ssd.accuracy import accuracy_main, format_accuracy
+    from abtf_ssd.data.metric import format_accuracy
+    from abtf_ssd.loadgen.accuracy import accuracy_main
 
     print(format_accuracy(accuracy_main(**options)), end="")
 
 
 def _show(**options: Any) -> None:
-    from abtf_ssd.show import render
+    from abtf_ssd.loadgen.show import render
 
     print(render(**options))
 
 
 def _plan(**options: Any) -> None:
-    from abtf_ssd.plan import main_action
+    from abtf_ssd.submission.plan import main_action
 
     main_action(**options)
 
 
 def _sysinfo(out: str | None = None, **options: Any) -> None:
-    from abtf_ssd.sysinfo import collect, write_sut_info
+    from abtf_ssd.submission.sysinfo import collect, write_sut_info
 
     if out is None:
         print(json.dumps(collect(**options), indent=2))
@@ -174,7 +115,7 @@ def _sysinfo(out: str | None = None, **options: Any) -> None:
 
 
 def _quantize(precision: str = "int8", **options: Any) -> None:
-    from abtf_ssd import quantize
+    from abtf_ssd.model import quantize
 
     if precision == "int8":
         if "calibration_dir" not in options:
@@ -228,7 +169,7 @@ RUN_HELP = {
     "output_dir": "folder LoadGen writes into, instead of the results layout",
     "command": "command line recorded in command.txt (default: this abtf-ssd command)",
 }
-"""Help text of each ``abtf-ssd run`` option, by :class:`~abtf_ssd.harness.RunOptions` field."""
+"""Help text of each ``abtf-ssd run`` option, by :class:`~abtf_ssd.loadgen.harness.RunOptions` field."""
 
 
 def _add_dataclass_options(
@@ -253,7 +194,7 @@ def _add_dataclass_options(
 
 
 def run_arguments(options: Any) -> list[str]:
-    """``abtf-ssd run`` arguments that recreate the :class:`~abtf_ssd.harness.RunOptions` ``options``.
+    """``abtf-ssd run`` arguments that recreate the :class:`~abtf_ssd.loadgen.harness.RunOptions` ``options``.
 
     Only values that differ from the dataclass defaults are written, so the command stays short.
     """
@@ -272,7 +213,7 @@ def _opt(parser: argparse.ArgumentParser, flag: str, dest: str, help: str, **kwa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from abtf_ssd.store import STORE_KINDS
+    from abtf_ssd.data.store import STORE_KINDS
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="MLPerf Automotive SSD-ResNet50 on Cognata: library commands."
@@ -345,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--full-precision", "half", "store float32 weights", action="store_false")
     p.set_defaults(handler=_train)
 
-    from abtf_ssd import rules
     from abtf_ssd.config import CONFIGS
-    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.loadgen import rules
+    from abtf_ssd.loadgen.harness import RunOptions
 
     p = sub.add_parser("run", help="one LoadGen run (performance, accuracy or find-performance)")
     run_choices = {
@@ -390,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--prefix", "prefix", "sample file prefix")
     p.set_defaults(handler=_show)
 
-    from abtf_ssd.plan import ACTIONS
+    from abtf_ssd.submission.plan import ACTIONS
 
     p = sub.add_parser("plan", help="run a submission plan (automation/plans/*.yaml), its status or estimate")
     p.add_argument("action", choices=ACTIONS, help="run | status | estimate")
@@ -407,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--device", "device", "device the run uses: cpu, cuda[:N], tensorrt[:N]")
     p.set_defaults(handler=_sysinfo)
 
-    from abtf_ssd import quantize
+    from abtf_ssd.model import quantize
 
     p = sub.add_parser(
         "quantize", help="a reduced-precision ONNX model: INT8 calibrated on the calibration split, FP16"
@@ -445,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error_line(error: BaseException) -> str:
     """What a library error says to a person, with the flag that resolves it where there is one."""
-    from abtf_ssd.store import UnknownPrefixError
+    from abtf_ssd.data.store import UnknownPrefixError
 
     if isinstance(error, UnknownPrefixError):
         return f"{error}; give --prefix {' or --prefix '.join(error.prefixes)}"

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from abtf_ssd import ASSETS_DIR
+
 LABEL_MAP: dict[int, int] = {
     0: 0,
     28: 1,
@@ -86,7 +88,7 @@ SPLIT_PREFIXES: dict[str, str] = {"validation": "val", "calibration": "calib"}
 SPLITS: tuple[str, ...] = tuple(SPLIT_PREFIXES)
 """The official split names, in the order of :data:`SPLIT_PREFIXES`."""
 
-_DATA_DIR = Path(__file__).resolve().parent / "data"
+_DATA_DIR = ASSETS_DIR
 _SPLIT_CSV_NAMES = {
     "validation": "cognata_val_set.csv",
     "calibration": "cognata_calibration_set.csv",
@@ -181,7 +183,7 @@ def read_split(csv_path: str | Path) -> list[tuple[str, str]]:
 
 
 def official_split(name: str) -> Path:
-    """Path of the split CSV shipped in ``abtf_ssd/data`` for an official split (one of :data:`SPLITS`)."""
+    """Path of the split CSV shipped in ``abtf_ssd/assets`` for an official split (one of :data:`SPLITS`)."""
     try:
         return _DATA_DIR / _SPLIT_CSV_NAMES[name]
     except KeyError:

@@ -32,9 +32,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from abtf_ssd.backends import create_backend, default_threads
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
-from abtf_ssd.model import DEMO_WEIGHTS, build_ssd, export_onnx, init_weights, load_checkpoint
+from abtf_ssd.model.backends import create_backend, default_threads
+from abtf_ssd.model.export import export_onnx
+from abtf_ssd.model.ssd import DEMO_WEIGHTS, build_ssd, init_weights, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)

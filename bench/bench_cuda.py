@@ -14,7 +14,7 @@ Every call returns host arrays, so the device's work is inside the time.
    default of both on NVIDIA GPUs since Ampere, round more than float32 on the CPU);
 3. a whole query, ``predict`` + ``boxes.decode_batch``, ONNX Runtime (ours) vs PyTorch.
 
-A framework that cannot use the device (``abtf_ssd.backends.check_device``) leaves its sides out
+A framework that cannot use the device (``abtf_ssd.model.backends.check_device``) leaves its sides out
 (null in the rows, the reason in the notes); when neither can, nothing is built, the ``--json``
 output has no rows and a ``skipped`` reason, and the exit status is 0. Outputs that disagree
 beyond the tolerance make the exit status 1 after the results are written.
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abtf_ssd.backends import FRAMEWORKS, BackendError, ModelBackend, check_device, default_threads
-from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, CONFIGS, get_config
-from abtf_ssd.model import build_ssd, init_weights
+from abtf_ssd.model.backends import FRAMEWORKS, BackendError, ModelBackend, check_device, default_threads
+from abtf_ssd.model.boxes import decode_batch
+from abtf_ssd.model.ssd import build_ssd, init_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backends import export_quietly, random_frame  # noqa: E402  (bench/ helpers, beside this script)
@@ -121,8 +121,8 @@ def build(
     """Backends of the seeded random-weight model on ``device``, one per usable framework, and the
     seconds each step took. A backend that fails to come up (CUDA libraries missing, say) is left
     out, with a note."""
-    from abtf_ssd.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from abtf_ssd.backends.pytorch_backend import PyTorchBackend
+    from abtf_ssd.model.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from abtf_ssd.model.backends.pytorch_backend import PyTorchBackend
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from abtf_ssd.boxes import decode_batch, decode_reference_loop, default_boxes
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
+from abtf_ssd.model.boxes import decode_batch, decode_reference_loop, default_boxes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)

@@ -7,7 +7,7 @@ Two models by default, each with seeded random weights, on synthetic frames prep
 the demo model (144x256) and the 8 MP benchmark-config model (the ``_random`` model of the MLC
 scripts). For each, ``--rounds`` times: ``--queries`` bare calls (predict + ``decode_batch`` in a
 Python loop, no LoadGen) and one LoadGen SingleStream test run of as many queries through
-:func:`abtf_ssd.harness.run`, each after one untimed call, in an order that flips every round.
+:func:`abtf_ssd.loadgen.harness.run`, each after one untimed call, in an order that flips every round.
 Alternating lets a drift in machine load hit both sides.
 
 The harness latencies are LoadGen's own, per query, read from its trace (they are the numbers of
@@ -36,13 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from abtf_ssd.accuracy import count_samples
-from abtf_ssd.backends import create_backend
-from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
-from abtf_ssd.harness import RunOptions, output_dir, run
-from abtf_ssd.preprocess import load_sample, sample_name
-from abtf_ssd.report import TRACE_LOG, loadgen_percentile, read_trace_latencies
+from abtf_ssd.data.metric import count_samples
+from abtf_ssd.data.preprocess import load_sample, sample_name
+from abtf_ssd.loadgen.harness import RunOptions, output_dir, run
+from abtf_ssd.loadgen.report import TRACE_LOG, loadgen_percentile, read_trace_latencies
+from abtf_ssd.model.backends import create_backend
+from abtf_ssd.model.boxes import decode_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)
@@ -55,9 +55,10 @@ def build_case(workdir: Path, config_name: str, frames: int) -> tuple[Path, Path
     """Synthetic frames preprocessed for ``config_name`` and its model with seeded random weights, as ONNX."""
     import torch
 
-    from abtf_ssd.model import build_ssd, export_onnx, init_weights
-    from abtf_ssd.preprocess import build_preprocessed
-    from abtf_ssd.synth import SPLIT_FILES, generate
+    from abtf_ssd.data.preprocess import build_preprocessed
+    from abtf_ssd.data.synth import SPLIT_FILES, generate
+    from abtf_ssd.model.export import export_onnx
+    from abtf_ssd.model.ssd import build_ssd, init_weights
 
     torch.set_num_threads(2)
     height, width = get_config(config_name).og_image_size

@@ -2,7 +2,7 @@
 
 Writes N synthetic 8-megapixel samples in the official pickle format (random float32 images of the
 benchmark config's ``image_size``, a few ground-truth rows; content does not matter for loading),
-converts them to a store (``abtf_ssd.store``), then loads all N the way the LoadGen QSL does
+converts them to a store (``abtf_ssd.data.store``), then loads all N the way the LoadGen QSL does
 (``open_dataset(path).load(range(N))``) in a fresh process per side and page-cache state, measuring
 seconds and the memory the loading adds (peak ``VmHWM`` and private ``RssAnon`` from
 ``/proc/self/status``). Cold runs first evict the files' pages (``posix_fadvise DONTNEED``, this
@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from abtf_ssd import preprocess, rules
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
-from abtf_ssd.store import SampleStore, convert_pickles_to_store, open_dataset
+from abtf_ssd.data import preprocess
+from abtf_ssd.data.store import SampleStore, convert_pickles_to_store, open_dataset
+from abtf_ssd.loadgen import rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)
@@ -203,7 +204,7 @@ def measure(work: Path, samples: int) -> tuple[list[dict[str, Any]], list[str], 
         f"{samples} synthetic samples of (1, 3, {image_size[0]}, {image_size[1]}) float32 "
         f"({sample_mb:.1f} MB each), config {BENCHMARK_CONFIG}; each side loads them in a fresh process; "
         f"times and memory x {scale:g}.",
-        "pickles: abtf_ssd.preprocess.load_sample (the safe unpickler) into RAM, as the QSL does; "
+        "pickles: abtf_ssd.data.preprocess.load_sample (the safe unpickler) into RAM, as the QSL does; "
         "store: SampleStore.load (madvise WILLNEED for all, then one read per page of the memory map).",
         "page cache before the cold runs (fincore): "
         + ", ".join(f"{side} {_fmt_bytes(value)}" for side, value in cached_before_cold.items()),

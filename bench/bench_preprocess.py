@@ -1,6 +1,6 @@
 """Preprocessing throughput: one worker vs all cores, on synthetic 8-megapixel frames.
 
-Writes a handful of 3840x2160 frames (``abtf_ssd.synth.generate``), preprocesses them with the
+Writes a handful of 3840x2160 frames (``abtf_ssd.data.synth.generate``), preprocesses them with the
 benchmark config twice (``workers=1``, then every core), checks that both sets are byte-identical,
 and prints both rates, their ratio and the projected time for the 6000-frame validation set.
 Each 8 MP sample is ~100 MB on disk, so a run needs about 2 x frames x 100 MB free in ``--out``.
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
-from abtf_ssd.preprocess import build_preprocessed
-from abtf_ssd.synth import generate
+from abtf_ssd.data.preprocess import build_preprocessed
+from abtf_ssd.data.synth import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)

@@ -3,10 +3,10 @@
 Parts (``--parts``, default ``demo large cuda``):
 
 - ``demo``: the demo model (committed weights, exported to ONNX here) and its INT8 model made by
-  ``abtf_ssd.quantize.quantize_int8`` with the default recipe, calibrated on the synthetic calibration
+  ``abtf_ssd.model.quantize.quantize_int8`` with the default recipe, calibrated on the synthetic calibration
   split of the demo dataset (``--frames`` validation and ``--calibration-frames`` calibration frames,
   as ``make demo`` makes them: 64 and 16). Both sides run the whole validation split (predict +
-  ``decode_batch``, as the harness's SUT does) and ``accuracy.compute_map`` scores them; the latency
+  ``decode_batch``, as the harness's SUT does) and ``metric.compute_map`` scores them; the latency
   is ``--runs`` predict + decode calls a side on one frame, in alternating blocks (each after an
   untimed call), so that a drift in machine load hits both sides.
 - ``large``: the 8 MP benchmark-config model with seeded random weights (the scripts' ``_random``
@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from abtf_ssd import quantize
-from abtf_ssd.accuracy import compute_map
-from abtf_ssd.backends import create_backend, default_threads
-from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
-from abtf_ssd.preprocess import build_preprocessed
-from abtf_ssd.store import open_dataset
-from abtf_ssd.synth import SPLIT_FILES, generate
+from abtf_ssd.data.metric import compute_map
+from abtf_ssd.data.preprocess import build_preprocessed
+from abtf_ssd.data.store import open_dataset
+from abtf_ssd.data.synth import SPLIT_FILES, generate
+from abtf_ssd.model import quantize
+from abtf_ssd.model.backends import create_backend, default_threads
+from abtf_ssd.model.boxes import decode_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import make_row, write_results  # noqa: E402  (bench/ helper, beside this script)
@@ -60,7 +60,7 @@ PARTS = ("demo", "large", "cuda")
 
 
 def export(config: str, path: Path, checkpoint: Path | None = None) -> Path:
-    from abtf_ssd.cli import export_model
+    from abtf_ssd.model.export import export_model
 
     with contextlib.redirect_stdout(io.StringIO()):
         return export_model(config, path, checkpoint=checkpoint, seed=0)
@@ -107,7 +107,7 @@ def mean_ms(times: list[float]) -> float:
 
 
 def demo_part(work: Path, args: argparse.Namespace, threads: int) -> tuple[list[dict], dict]:
-    from abtf_ssd.model import DEMO_WEIGHTS
+    from abtf_ssd.model.ssd import DEMO_WEIGHTS
 
     config = get_config(DEMO_CONFIG)
     fp32 = export(DEMO_CONFIG, work / "demo.onnx", DEMO_WEIGHTS)
@@ -161,7 +161,7 @@ def demo_part(work: Path, args: argparse.Namespace, threads: int) -> tuple[list[
 
 
 def fixed_range_int8(fp32: Path, out: Path, work: Path) -> Path:
-    """``fp32`` quantized as :func:`abtf_ssd.quantize.quantize_int8` does with the default recipe, but
+    """``fp32`` quantized as :func:`abtf_ssd.model.quantize.quantize_int8` does with the default recipe, but
     with every activation range [-8, 8] (an ONNX Runtime calibration cache) instead of calibrated."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibraterBase, TensorData, TensorsData, save_tensors_data

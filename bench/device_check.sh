@@ -178,7 +178,7 @@ try:
     print("onnxruntime", onnxruntime.__version__, "providers:", onnxruntime.get_available_providers())
 except Exception as error:
     print("onnxruntime:", error)
-from abtf_ssd.backends import check_device
+from abtf_ssd.model.backends import check_device
 
 for framework in ("onnxruntime", "pytorch"):
     print(f"check_device({framework!r}, 'cuda'):", check_device(framework, "cuda") or "usable")

@@ -224,8 +224,8 @@ def _checked_rows(data: Any) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    """CPU, memory, OS and versions, from :mod:`abtf_ssd.sysinfo` (one description for everything)."""
-    from abtf_ssd import sysinfo
+    """CPU, memory, OS and versions, from :mod:`abtf_ssd.submission.sysinfo` (one description for all)."""
+    from abtf_ssd.submission import sysinfo
 
     cpu = sysinfo.processor()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpu["host_logical_cpus"]
@@ -249,8 +249,8 @@ def machine() -> dict[str, Any]:
 
 def cuda_status() -> dict[str, Any]:
     """Whether CUDA benchmarks could run here, and why not."""
-    from abtf_ssd import sysinfo
-    from abtf_ssd.backends import FRAMEWORKS, check_device
+    from abtf_ssd.model.backends import FRAMEWORKS, check_device
+    from abtf_ssd.submission import sysinfo
 
     gpus = sysinfo.nvidia_gpus()
     problems = {framework: check_device(framework, "cuda") for framework in FRAMEWORKS}

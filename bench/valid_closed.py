@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from upstream_tools import official_tools  # noqa: E402
 
-from abtf_ssd.checker import run_checks  # noqa: E402
-from abtf_ssd.official import disagreement, run_submission_checker  # noqa: E402
+from abtf_ssd.submission.checker import run_checks  # noqa: E402
+from abtf_ssd.submission.official import disagreement, run_submission_checker  # noqa: E402
 
 
 def main() -> int:

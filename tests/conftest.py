@@ -1,8 +1,8 @@
 """Session-wide fixtures: a tiny synthetic preprocessed dataset and a random-weight demo ONNX model.
 
 Both are built once per test session in a temporary folder, from the real pieces: synthetic
-Cognata frames (``abtf_ssd.synth``), the official pickle format (``abtf_ssd.preprocess``) and
-the demo SSD exported to ONNX (``abtf_ssd.model``).
+Cognata frames (``abtf_ssd.data.synth``), the official pickle format (``abtf_ssd.data.preprocess``) and
+the demo SSD exported to ONNX (``abtf_ssd.model.ssd``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class TinyDataset:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.preprocess import build_preprocessed
-    from abtf_ssd.synth import SPLIT_FILES, generate
+    from abtf_ssd.data.preprocess import build_preprocessed
+    from abtf_ssd.data.synth import SPLIT_FILES, generate
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     raw = generate(
@@ -46,7 +46,8 @@ def demo_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.model import build_ssd, export_onnx, init_weights
+    from abtf_ssd.model.export import export_onnx
+    from abtf_ssd.model.ssd import build_ssd, init_weights
 
     torch.set_num_threads(2)
     model = init_weights(build_ssd(DEMO_CONFIG), seed=0).eval()

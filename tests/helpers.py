@@ -33,7 +33,7 @@ def build_demo_val_set(
 ) -> Path:
     """``split_csv`` preprocessed for the demo config as ``val_<i>.pkl`` in ``out``, no progress bar."""
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.preprocess import build_preprocessed
+    from abtf_ssd.data.preprocess import build_preprocessed
 
     return build_preprocessed(
         raw_root, split_csv, out, "val", DEMO_CONFIG, workers=workers, progress=False, **options
@@ -46,13 +46,13 @@ def val_sample_names(folder: Path) -> list[str]:
 
 
 def store_kill_script(call: str) -> str:
-    """Python source that runs ``call`` (with ``abtf_ssd.store`` imported as ``store`` and the command
+    """Python source that runs ``call`` (with ``abtf_ssd.data.store`` imported as ``store`` and the command
     line in ``sys.argv``) and SIGKILLs itself when the store is about to commit sample 5: that
     sample's bytes are on disk, the state that counts it in is not."""
     return f"""
 import os, signal, sys
 
-from abtf_ssd import store
+from abtf_ssd.data import store
 
 real_write_json = store._write_json
 

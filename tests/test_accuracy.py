@@ -13,16 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from abtf_ssd.accuracy import (
-    AccuracyLogError,
-    accuracy_main,
-    compute_map,
-    count_samples,
-    format_accuracy,
-    load_ground_truth,
-    read_accuracy_log,
-)
 from abtf_ssd.cognata import CLASS_NAMES
+from abtf_ssd.data.metric import compute_map, count_samples, format_accuracy, load_ground_truth
+from abtf_ssd.loadgen.accuracy import AccuracyLogError, accuracy_main, read_accuracy_log
 
 
 def _write_log(path: Path, entries: list[tuple[int, np.ndarray | str]]) -> Path:

@@ -18,10 +18,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from abtf_ssd.backends import BackendError, check_device, create_backend
-from abtf_ssd.boxes import decode_batch
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
-from abtf_ssd.model import build_ssd, export_onnx, init_weights
+from abtf_ssd.model.backends import BackendError, check_device, create_backend
+from abtf_ssd.model.boxes import decode_batch
+from abtf_ssd.model.export import export_onnx
+from abtf_ssd.model.ssd import build_ssd, init_weights
 
 torch.set_num_threads(2)
 DEMO = get_config(DEMO_CONFIG)
@@ -213,8 +214,8 @@ def test_onnx_path_does_not_import_torch(tmp_path: Path) -> None:
     model = _fake_onnx(tmp_path / "fake.onnx", DEMO.image_size, DEMO.num_anchors)
     script = (
         "import sys, numpy as np\n"
-        "from abtf_ssd.backends import create_backend\n"
-        "from abtf_ssd.boxes import decode_batch\n"
+        "from abtf_ssd.model.backends import create_backend\n"
+        "from abtf_ssd.model.boxes import decode_batch\n"
         f"backend = create_backend('onnxruntime', {str(model)!r}, threads=1)\n"
         "loc, conf = backend.predict(np.zeros((1, 3, 144, 256), np.float32))\n"
         "decode_batch(loc, conf, backend.config_name)\n"

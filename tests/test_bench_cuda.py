@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from abtf_ssd.backends import check_device
+from abtf_ssd.model.backends import check_device
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 SCRIPT = BENCH_DIR / "bench_cuda.py"

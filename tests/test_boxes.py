@@ -1,6 +1,6 @@
 """Default boxes and the decoder: the fast ``decode_batch`` against the plain reference loop.
 
-``decode_reference_loop`` (in ``abtf_ssd.boxes``, shared with the benchmark) transcribes the
+``decode_reference_loop`` (in ``abtf_ssd.model.boxes``, shared with the benchmark) transcribes the
 reference decoder: full softmax, every box decoded, a per-class Python NMS loop. The fast
 decoder must give the same rows in the same order on every kind of head output.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from abtf_ssd import boxes
 from abtf_ssd.config import BENCHMARK_CONFIG, CONFIGS, DEMO_CONFIG, SSDConfig, get_config
+from abtf_ssd.model import boxes
 
 DEMO = get_config(DEMO_CONFIG)
 

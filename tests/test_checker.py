@@ -27,7 +27,8 @@ from test_submission import (
     set_map,
 )
 
-from abtf_ssd import checker, rules
+from abtf_ssd.loadgen import rules
+from abtf_ssd.submission import checker
 
 
 @pytest.fixture(scope="session", params=ROUNDS)

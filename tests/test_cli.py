@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from abtf_ssd import cli
+from abtf_ssd.model.export import export_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ def test_console_script_is_installed() -> None:
 def test_run_options_round_trip_through_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.loadgen.harness import RunOptions
 
     changed = RunOptions(
         dataset_dir=str(tmp_path / "data"),
@@ -58,7 +59,7 @@ def test_run_options_round_trip_through_the_command_line(
 
 
 def test_defaults_are_not_written_into_the_command() -> None:
-    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.loadgen.harness import RunOptions
 
     assert cli.run_arguments(RunOptions(dataset_dir="d")) == ["--dataset-dir", "d"]
 
@@ -101,7 +102,7 @@ def test_library_errors_are_one_line_and_exit_1(tmp_path: Path, capsys: pytest.C
 def test_export_pytorch_checkpoint_loads_back(tmp_path: Path) -> None:
     import torch
 
-    from abtf_ssd.model import build_ssd, load_checkpoint
+    from abtf_ssd.model.ssd import build_ssd, load_checkpoint
 
     torch.set_num_threads(2)
     out = tmp_path / "demo.pth"
@@ -110,7 +111,7 @@ def test_export_pytorch_checkpoint_loads_back(tmp_path: Path) -> None:
         == 0
     )
     model = load_checkpoint(build_ssd("demo"), out)
-    again = cli.export_model("demo", tmp_path / "again.pth", seed=3, model_format="pytorch")
+    again = export_model("demo", tmp_path / "again.pth", seed=3, model_format="pytorch")
     reference = load_checkpoint(build_ssd("demo"), again)
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -189,7 +190,7 @@ def test_run_with_failed_queries_prints_the_table_and_exits_1(
 
 
 def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> None:
-    from abtf_ssd.checker import SYSTEM_FIELDS
+    from abtf_ssd.submission.checker import SYSTEM_FIELDS
 
     path = tmp_path / "mlc-sut-info.json"
     assert cli.main(["sysinfo", "--out", str(path), "--framework", "onnxruntime"]) == 0
@@ -208,8 +209,8 @@ def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> Non
 
 
 def test_impossible_device_and_format_are_explained() -> None:
-    from abtf_ssd.backends import check_device
-    from abtf_ssd.sysinfo import run_problem
+    from abtf_ssd.model.backends import check_device
+    from abtf_ssd.submission.sysinfo import run_problem
 
     assert check_device("onnxruntime", "cpu") is None
     assert "unknown framework" in check_device("tensorflow", "cpu")
@@ -223,7 +224,7 @@ def test_impossible_device_and_format_are_explained() -> None:
 def test_train_writes_a_loadable_checkpoint(
     tiny_dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from abtf_ssd.model import build_ssd, load_checkpoint
+    from abtf_ssd.model.ssd import build_ssd, load_checkpoint
 
     out = tmp_path / "trained.pth"
     train = ["train", "--data", str(tiny_dataset.preprocessed), "--out", str(out), "--prefix", "val"]

@@ -23,8 +23,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from abtf_ssd import __version__, container
-from abtf_ssd.container import (
+from abtf_ssd import __version__
+from abtf_ssd.mlc import container
+from abtf_ssd.mlc.container import (
     CONTAINER_DATASET,
     CONTAINER_MODEL,
     CONTAINER_RESULTS,

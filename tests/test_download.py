@@ -1,4 +1,4 @@
-"""Tests for abtf_ssd.download: command construction, dry-run, safe extraction, the full fetch path.
+"""Tests for abtf_ssd.data.download: command construction, dry-run, safe extraction, the full fetch path.
 
 No test reaches the network: a fake ``rclone`` and a fake R2 downloader (small Python scripts put on
 PATH) record their argv and copy local files, so the real subprocess, verification, extraction and
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import download
-from abtf_ssd.download import (
+from abtf_ssd.data import download
+from abtf_ssd.data.download import (
     ARTIFACTS,
     DRIVE_ROOT_FOLDER_ID,
     MARKER_NAME,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from abtf_ssd.rules import ROUNDS
+from abtf_ssd.loadgen.rules import ROUNDS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abtf_ssd import rules
-from abtf_ssd.accuracy import read_accuracy_log
-from abtf_ssd.backends import create_backend
-from abtf_ssd.harness import (
+from abtf_ssd.data.preprocess import load_sample
+from abtf_ssd.loadgen import rules
+from abtf_ssd.loadgen.accuracy import read_accuracy_log
+from abtf_ssd.loadgen.harness import (
     EXPECTED_LATENCY_FILE,
     TARGET_QPS_FILE,
     RunFailedError,
@@ -23,8 +23,8 @@ from abtf_ssd.harness import (
     RunResult,
     run,
 )
-from abtf_ssd.preprocess import load_sample
-from abtf_ssd.report import DETAIL_LOG, detail_messages, detail_values, read_detail_log
+from abtf_ssd.loadgen.report import DETAIL_LOG, detail_messages, detail_values, read_detail_log
+from abtf_ssd.model.backends import create_backend
 
 
 @pytest.fixture(scope="module")
@@ -365,8 +365,8 @@ def test_an_audit_config_in_the_output_folder_is_refused(tmp_path, tiny_dataset,
 
 
 def test_a_memory_mapped_store_gives_the_pickles_detections_and_map(tmp_path, tiny_dataset, backend) -> None:
-    from abtf_ssd.accuracy import accuracy_main
-    from abtf_ssd.store import convert_pickles_to_store
+    from abtf_ssd.data.store import convert_pickles_to_store
+    from abtf_ssd.loadgen.accuracy import accuracy_main
 
     store = convert_pickles_to_store(tiny_dataset.preprocessed, tmp_path / "store", progress=False)
     from_pickles = _run(tmp_path / "pickles", tiny_dataset, backend, mode="accuracy", test_query_count=6)
@@ -387,7 +387,7 @@ def test_a_memory_mapped_store_gives_the_pickles_detections_and_map(tmp_path, ti
 def test_a_valid_run_over_part_of_the_official_split_is_refused(tmp_path, tiny_dataset, backend) -> None:
     import shutil
 
-    from abtf_ssd.preprocess import MANIFEST_NAME
+    from abtf_ssd.data.preprocess import MANIFEST_NAME
 
     download = shutil.copytree(tiny_dataset.preprocessed, tmp_path / "val")
     (download / MANIFEST_NAME).unlink()  # as the official download: the files alone
@@ -400,8 +400,8 @@ def test_a_valid_run_over_part_of_a_split_preprocessed_into_a_store_is_refused(
     tmp_path, tiny_dataset, backend
 ) -> None:
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.store import preprocess_to_store
-    from abtf_ssd.synth import SPLIT_FILES
+    from abtf_ssd.data.store import preprocess_to_store
+    from abtf_ssd.data.synth import SPLIT_FILES
 
     raw = tiny_dataset.raw_root
     store = preprocess_to_store(

@@ -17,9 +17,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from abtf_ssd.backends import BackendError, check_device, create_backend
-from abtf_ssd.backends.onnxruntime_backend import OnnxRuntimeBackend
 from abtf_ssd.config import DEMO_CONFIG, get_config
+from abtf_ssd.model.backends import BackendError, check_device, create_backend
+from abtf_ssd.model.backends.onnxruntime_backend import OnnxRuntimeBackend
 
 torch.set_num_threads(2)
 DEMO = get_config(DEMO_CONFIG)
@@ -235,7 +235,7 @@ def test_onnxruntime_cuda_binds_by_default_and_matches_the_cpu(
 
 @pytest.mark.skipif(TORCH_CUDA is not None, reason=f"no PyTorch CUDA here: {TORCH_CUDA}")
 def test_pytorch_cuda_matches_the_cpu(tmp_path: Path) -> None:
-    from abtf_ssd.model import build_ssd, init_weights
+    from abtf_ssd.model.ssd import build_ssd, init_weights
 
     checkpoint = tmp_path / "demo.pth"
     torch.save(init_weights(build_ssd(DEMO_CONFIG), seed=0).state_dict(), checkpoint)

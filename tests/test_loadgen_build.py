@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from abtf_ssd import loadgen_build
-from abtf_ssd.loadgen_build import LoadgenBuildError, build, build_steps, installed_loadgen_kind
+from abtf_ssd.loadgen import build as loadgen_build
+from abtf_ssd.loadgen.build import LoadgenBuildError, build, build_steps, installed_loadgen_kind
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -104,7 +104,7 @@ def expected_tail(checkout: Path, wheel_dir: Path, python: str, ref: str) -> lis
 
 
 def test_every_round_has_a_tag() -> None:
-    from abtf_ssd.rules import ROUNDS
+    from abtf_ssd.loadgen.rules import ROUNDS
 
     assert set(loadgen_build.ROUND_TAGS) == set(ROUNDS)
 
@@ -197,7 +197,7 @@ def test_folder_outside_git_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_kind_in_this_process_is_what_rules_sees() -> None:
-    from abtf_ssd.rules import has_constant_stream
+    from abtf_ssd.loadgen.rules import has_constant_stream
 
     expected = "automotive" if has_constant_stream() else "inference"
     assert installed_loadgen_kind() == expected

@@ -95,7 +95,7 @@ def test_customize_imports_only_the_standard_library_at_module_level(name: str) 
 
 
 def test_mlc_step_turns_library_errors_into_one_line() -> None:
-    from abtf_ssd.mlc_scripts import env_flag, env_int, mlc_step
+    from abtf_ssd.mlc.scripts import env_flag, env_int, mlc_step
 
     def fail(error: Exception) -> None:
         raise error
@@ -283,7 +283,7 @@ def test_impossible_requests_fail_before_any_download(
 
 
 def test_cuda_without_gpu_fails_before_any_download(mlc_home: tuple[dict[str, str], Path]) -> None:
-    from abtf_ssd.backends import check_device
+    from abtf_ssd.model.backends import check_device
 
     if check_device("onnxruntime", "cuda") is None:
         pytest.skip("this machine can run onnxruntime on CUDA")

@@ -14,21 +14,14 @@ import torch
 
 from abtf_ssd import config as config_module
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, get_config
-from abtf_ssd.model import (
-    ONNX_INPUT_NAME,
-    ONNX_OUTPUT_NAMES,
-    SSDResNet50,
-    build_ssd,
-    export_onnx,
-    init_weights,
-    load_checkpoint,
-)
+from abtf_ssd.model.export import ONNX_INPUT_NAME, ONNX_OUTPUT_NAMES, export_onnx
+from abtf_ssd.model.ssd import SSDResNet50, build_ssd, init_weights, load_checkpoint
 
 torch.set_num_threads(2)
 
 
 def _reference_shapes() -> dict[str, list[int]]:
-    text = resources.files("abtf_ssd").joinpath("data/ssd_state_dict_shapes.json").read_text()
+    text = resources.files("abtf_ssd").joinpath("assets/ssd_state_dict_shapes.json").read_text()
     return json.loads(text)[BENCHMARK_CONFIG]
 
 

@@ -10,7 +10,7 @@ by the tarball's hash). Through the real ``mlcr`` of that environment:
 - the round's official ``submission_checker.py`` (a subprocess) on each tree: a short run cannot meet
   the run-length rules (600 s, 6636 / 100000 queries, early stopping, 128 samples), so those, and
   for closed the demo model's mAP, must be the only rules it reports; and our checker must report
-  the same rules (``abtf_ssd.official.disagreement`` is empty);
+  the same rules (``abtf_ssd.submission.official.disagreement`` is empty);
 - mutated trees (a wrong seed, a LoadGen error in a log, a missing TEST01, accuracy under target in
   open and in closed): our checker and the official one agree on each.
 
@@ -29,9 +29,9 @@ import pytest
 from test_mlc_scripts import mlc_env
 from upstream_tools import ROUNDS, OfficialTools, official_tools
 
-from abtf_ssd.checker import run_checks
-from abtf_ssd.official import disagreement, run_submission_checker
-from abtf_ssd.report import detail_values, read_detail_log
+from abtf_ssd.loadgen.report import detail_values, read_detail_log
+from abtf_ssd.submission.checker import run_checks
+from abtf_ssd.submission.official import disagreement, run_submission_checker
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 8

@@ -1,5 +1,5 @@
-"""Submission plans (abtf_ssd.plan, ``abtf-ssd plan``): the demo plan end to end through the real CLI,
-resume after SIGINT and SIGKILL, a changed model, malformed plans, and the estimate of the templates.
+"""Submission plans (abtf_ssd.submission.plan, ``abtf-ssd plan``): the demo plan end to end through the real
+CLI, resume after SIGINT and SIGKILL, a changed model, malformed plans, and the estimate of the templates.
 
 The demo plan (automation/plans/demo.yaml) runs ONNX Runtime and PyTorch, SingleStream, test mode,
 on 8 synthetic frames: real LoadGen, real backends, a real submission tree and tarball.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from abtf_ssd import checker, plan
 from abtf_ssd.cli import main as cli_main
+from abtf_ssd.submission import checker, plan
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "automation" / "plans"
@@ -461,7 +461,7 @@ def test_constant_stream_plan_on_the_automotive_loadgen_with_the_official_checke
     )
     # A test-mode tree fails the official checker on the run length only; reported, not a gate.
     assert summary["official_checker"].startswith("FAILS")
-    from abtf_ssd.official import run_submission_checker
+    from abtf_ssd.submission.official import run_submission_checker
 
     verdict = run_submission_checker(tools.checkout, output / "submission", "v0.5")
     assert verdict.rules == {"min-duration", "min-query-count", "perf-sample-count"}, verdict.errors

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_mlc_scripts import REPO, mlcr, registered_mlc_home
 
-from abtf_ssd import checker, plan
+from abtf_ssd.submission import checker, plan
 
 
 @pytest.fixture(scope="module")

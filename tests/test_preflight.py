@@ -1,4 +1,4 @@
-"""The one pre-flight check of run-abtf-inference (abtf_ssd.preflight): every refusal through the real
+"""The one pre-flight check of run-abtf-inference (abtf_ssd.mlc.preflight): every refusal through the real
 ``mlcr``, before any getter runs: non-zero exit, the flag the user typed in the message, well under
 5 s, and the MLC cache, the output folders and the working folder unchanged."""
 
@@ -13,9 +13,10 @@ import yaml
 from test_mlc_scripts import registered_mlc_home
 from test_run_request_mlcr import cache_entries, docker_calls, fake_docker, run_mlcr
 
-from abtf_ssd import preflight, rules
-from abtf_ssd.backends import check_device, normalize_device, parse_device
-from abtf_ssd.sysinfo import nvidia_gpus
+from abtf_ssd.loadgen import rules
+from abtf_ssd.mlc import preflight
+from abtf_ssd.model.backends import check_device, normalize_device, parse_device
+from abtf_ssd.submission.sysinfo import nvidia_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-abtf-inference,reference,_v0.5"

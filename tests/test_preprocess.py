@@ -14,10 +14,10 @@ import pytest
 from helpers import build_demo_val_set, val_sample_names
 from PIL import Image
 
-from abtf_ssd import preprocess
 from abtf_ssd.cognata import read_annotation
 from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG, MEAN, STD, get_config
-from abtf_ssd.preprocess import (
+from abtf_ssd.data import preprocess
+from abtf_ssd.data.preprocess import (
     MANIFEST_NAME,
     PARTIAL_MANIFEST_NAME,
     DiskSpaceError,
@@ -342,7 +342,7 @@ def test_bad_arguments(dataset, tmp_path):
 
 
 def test_synthetic_dataset_round_trip(tmp_path):
-    synth = pytest.importorskip("abtf_ssd.synth")
+    synth = pytest.importorskip("abtf_ssd.data.synth")
     raw = tmp_path / "raw"
     synth.generate(raw, frames=3, width=OG_W, height=OG_H, seed=7, calibration_frames=2, workers=1)
     out = build_preprocessed(

@@ -1,4 +1,4 @@
-"""Reduced precision (``abtf_ssd/quantize.py``): INT8 calibrated on the calibration split, FP16.
+"""Reduced precision (``abtf_ssd/model/quantize.py``): INT8 calibrated on the calibration split, FP16.
 
 Real pieces throughout: synthetic calibration frames preprocessed into ``calib_<i>.pkl``, ONNX
 Runtime's quantizer, the ``abtf-ssd`` console script, the LoadGen harness, and ``mlcr`` for the
@@ -18,8 +18,8 @@ import pytest
 from helpers import BIN, finished_cache_entries
 from test_mlc_scripts import exported, mlcr, registered_mlc_home
 
-from abtf_ssd import quantize
-from abtf_ssd.accuracy import ACCURACY_LOG, read_accuracy_log
+from abtf_ssd.loadgen.accuracy import ACCURACY_LOG, read_accuracy_log
+from abtf_ssd.model import quantize
 
 
 def torch_cuda_available() -> bool:
@@ -40,8 +40,8 @@ TINY_SYNTH = ("--env.MLC_ABTF_SYNTH_FRAMES=1", "--env.MLC_ABTF_SYNTH_CALIBRATION
 def calibration_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``calib_<i>.pkl`` for the demo config, from synthetic frames (the calibration split's rows)."""
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.preprocess import build_preprocessed
-    from abtf_ssd.synth import SPLIT_FILES, generate
+    from abtf_ssd.data.preprocess import build_preprocessed
+    from abtf_ssd.data.synth import SPLIT_FILES, generate
 
     root = tmp_path_factory.mktemp("calibration")
     raw = generate(
@@ -157,7 +157,7 @@ def test_keep_fp32_groups_leave_those_convolutions_in_float(
 def test_fp16_model_keeps_float32_io_and_stays_close(
     demo_onnx_model: Path, tiny_dataset, tmp_path: Path
 ) -> None:
-    from abtf_ssd.store import open_dataset
+    from abtf_ssd.data.store import open_dataset
 
     out = tmp_path / "ssd_fp16.onnx"
     proc = abtf_ssd(
@@ -179,8 +179,8 @@ def test_fp16_model_keeps_float32_io_and_stays_close(
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDA provider")
 def test_fp16_model_runs_on_cuda(demo_onnx_model: Path, tiny_dataset, tmp_path: Path) -> None:
-    from abtf_ssd.backends import create_backend
-    from abtf_ssd.store import open_dataset
+    from abtf_ssd.data.store import open_dataset
+    from abtf_ssd.model.backends import create_backend
 
     half = quantize.convert_fp16(demo_onnx_model, tmp_path / "ssd_fp16.onnx")
     image = open_dataset(tiny_dataset.preprocessed).image(0)
@@ -194,10 +194,10 @@ def test_fp16_model_runs_on_cuda(demo_onnx_model: Path, tiny_dataset, tmp_path: 
     "autocast", ["bf16", pytest.param("fp16", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
 )
 def test_pytorch_autocast_stays_close_to_float32(autocast: str, tiny_dataset, tmp_path: Path) -> None:
-    from abtf_ssd.backends import create_backend
-    from abtf_ssd.cli import export_model
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.store import open_dataset
+    from abtf_ssd.data.store import open_dataset
+    from abtf_ssd.model.backends import create_backend
+    from abtf_ssd.model.export import export_model
 
     weights = export_model(DEMO_CONFIG, tmp_path / "demo.pth", seed=0, model_format="pytorch")
     device = "cuda" if autocast == "fp16" else "cpu"

@@ -11,8 +11,8 @@ import pytest
 from helpers import run_instant_sut
 from PIL import Image
 
-from abtf_ssd.accuracy import load_ground_truth
-from abtf_ssd.report import (
+from abtf_ssd.data.metric import load_ground_truth
+from abtf_ssd.loadgen.report import (
     DETAIL_LOG,
     SUMMARY_LOG,
     TRACE_LOG,
@@ -27,8 +27,8 @@ from abtf_ssd.report import (
     summarize_run,
     write_latency_histogram,
 )
-from abtf_ssd.rules import METRIC_LABELS, ROUNDS
-from abtf_ssd.show import GROUND_TRUTH_COLOR, denormalize, render
+from abtf_ssd.loadgen.rules import METRIC_LABELS, ROUNDS
+from abtf_ssd.loadgen.show import GROUND_TRUTH_COLOR, denormalize, render
 
 
 def _loadgen_run(out: Path, queries: int, percentile: float, mode=lg.TestMode.PerformanceOnly) -> Path:

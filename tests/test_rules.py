@@ -16,9 +16,9 @@ import mlperf_loadgen as lg
 import pytest
 from helpers import run_instant_sut
 
-from abtf_ssd import rules
-from abtf_ssd.report import DETAIL_LOG, detail_values, read_detail_log
-from abtf_ssd.rules import ROUNDS, RulesError, make_test_settings
+from abtf_ssd.loadgen import rules
+from abtf_ssd.loadgen.report import DETAIL_LOG, detail_values, read_detail_log
+from abtf_ssd.loadgen.rules import ROUNDS, RulesError, make_test_settings
 
 
 def test_round_facts() -> None:
@@ -175,7 +175,7 @@ def test_user_conf_does_not_pull_in_loadgens_mlperf_conf(tmp_path: Path) -> None
     conf = tmp_path / "user.conf"
     conf.write_text("ssd.SingleStream.target_latency = 9\n")
     code = (
-        "from abtf_ssd.rules import make_test_settings\n"
+        "from abtf_ssd.loadgen.rules import make_test_settings\n"
         f"s = make_test_settings('v1.0', 'SingleStream', 'performance', 'test', user_conf={str(conf)!r})\n"
         "print(s.qsl_rng_seed, s.sample_index_rng_seed, s.schedule_rng_seed, s.min_duration_ms,"
         " s.single_stream_target_latency_percentile, s.single_stream_expected_latency_ns)\n"
@@ -372,8 +372,8 @@ import json, sys, time
 from pathlib import Path
 import mlperf_loadgen as lg
 import numpy as np
-from abtf_ssd import rules
-from abtf_ssd.report import DETAIL_LOG, detail_messages, detail_values, read_detail_log
+from abtf_ssd.loadgen import rules
+from abtf_ssd.loadgen.report import DETAIL_LOG, detail_messages, detail_values, read_detail_log
 
 round_name, out, user_conf = sys.argv[1], Path(sys.argv[2]), sys.argv[3] or None
 target_qps = float(sys.argv[4]) if sys.argv[4] else None

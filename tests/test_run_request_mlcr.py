@@ -21,7 +21,7 @@ import pytest
 from helpers import BIN
 from test_mlc_scripts import registered_mlc_home
 
-from abtf_ssd.container import CONTAINER_RESULTS
+from abtf_ssd.mlc.container import CONTAINER_RESULTS
 
 RUN = "run-abtf-inference,reference,_v0.5"
 USER_INPUTS = ("--model=ssd", "--framework=onnxruntime", "--scenario=SingleStream")

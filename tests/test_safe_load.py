@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd.preprocess import (
+from abtf_ssd.data.preprocess import (
     SafeUnpickleError,
     SampleFormatError,
     UnsafePickleError,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import preprocess, store
-from abtf_ssd.store import (
+from abtf_ssd.data import preprocess, store
+from abtf_ssd.data.store import (
     PickleDataset,
     SampleStore,
     StoreError,

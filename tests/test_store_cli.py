@@ -16,12 +16,13 @@ import pytest
 from faults.support import run_python, tree_digest
 from helpers import store_kill_script
 
-from abtf_ssd import cli, preprocess, store
-from abtf_ssd.accuracy import ACCURACY_LOG, ACCURACY_TXT
+from abtf_ssd import cli
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.harness import RESULTS_JSON
-from abtf_ssd.store import STORE_MANIFEST, SampleStore, StoreError, convert_pickles_to_store
-from abtf_ssd.synth import SPLIT_FILES
+from abtf_ssd.data import preprocess, store
+from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, StoreError, convert_pickles_to_store
+from abtf_ssd.data.synth import SPLIT_FILES
+from abtf_ssd.loadgen.accuracy import ACCURACY_LOG, ACCURACY_TXT
+from abtf_ssd.loadgen.harness import RESULTS_JSON
 
 STORE_DATA = (store.IMAGES_FILE, store.GT_BOXES_FILE, store.GT_OFFSETS_FILE)
 

@@ -11,9 +11,9 @@ from helpers import finished_cache_entries
 from test_mlc_scripts import TINY_RAW, exported, mlcr, registered_mlc_home
 
 from abtf_ssd import cli
-from abtf_ssd.accuracy import ACCURACY_LOG, ACCURACY_TXT
-from abtf_ssd.harness import COMMAND_TXT, RESULTS_JSON
-from abtf_ssd.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+from abtf_ssd.loadgen.accuracy import ACCURACY_LOG, ACCURACY_TXT
+from abtf_ssd.loadgen.harness import COMMAND_TXT, RESULTS_JSON
 
 DATASET = "get,preprocessed,dataset,cognata,_synthetic,_2d_obj_det,_validation"
 DATASET_LABEL = "Preprocessed Cognata dataset"

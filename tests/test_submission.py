@@ -1,7 +1,7 @@
 """The submission generator, fed by real LoadGen test-mode runs of a tiny SUT, for each round.
 
 The results folder is built the way the harness lays it out: a performance run, an accuracy
-run (with its accuracy.txt computed by abtf_ssd.accuracy on a small preprocessed dataset) and
+run (with its accuracy.txt computed by abtf_ssd.loadgen.accuracy on a small preprocessed dataset) and
 a TEST01 run under the real TEST01 audit.config, all by the installed LoadGen with the round's
 settings, and each run's user.conf written from what its detail log records as effective. The
 SUT answers every sample with the same detections after a fixed sleep, so runs are deterministic
@@ -12,7 +12,7 @@ the automotive LoadGen, :func:`mark_automotive_loadgen` adds to the detail logs 
 the automotive LoadGen logs and the inference one does not.
 
 Each round's tree has the layout of that round's official checker; :class:`TreePaths` writes
-both layouts out independently of :mod:`abtf_ssd.checker`, so a tree in the wrong place fails here.
+both layouts out independently of :mod:`abtf_ssd.submission.checker`, so a tree in the wrong place fails here.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ import mlperf_loadgen as lg
 import numpy as np
 import pytest
 
-from abtf_ssd import checker, report, rules, submission, sysinfo
-from abtf_ssd.accuracy import accuracy_main
-from abtf_ssd.preprocess import sample_name, write_sample
+from abtf_ssd.data.preprocess import sample_name, write_sample
+from abtf_ssd.loadgen import report, rules
+from abtf_ssd.loadgen.accuracy import accuracy_main
+from abtf_ssd.submission import checker, sysinfo
+from abtf_ssd.submission import tree as submission
 
 SYSTEM = "tiny-cpu"
 SUBMITTER = "ABTF_Demo"
@@ -146,7 +148,7 @@ def run_loadgen(
     detections=DETECTIONS,
     version: str = "v0.5",
 ) -> Path:
-    """One LoadGen test-mode run (``version``'s settings from abtf_ssd.rules) of the sleeping SUT."""
+    """One LoadGen test-mode run (``version``'s settings from abtf_ssd.loadgen.rules) of the sleeping SUT."""
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = rules.make_test_settings(
         version,
@@ -643,7 +645,7 @@ def test_a_noisy_test01_fails_no_test_mode_tree_but_is_reported(automotive_resul
     verify = (paths.test01 / "verify_performance.txt").read_text()
     assert "TEST FAIL" in verify and "not judged" in verify
     assert (
-        "TEST01 (verified by abtf_ssd.submission): performance FAILED"
+        "TEST01 (verified by abtf_ssd.submission.tree): performance FAILED"
         in (paths.measurements / "README.md").read_text()
     )
     found = checker.run_checks(tree, results.version, allow_test_mode=True)
@@ -828,8 +830,8 @@ def test_cli(automotive_results, tmp_path, capsys):
 @pytest.mark.parametrize("version", ROUNDS)
 def test_a_harness_run_makes_an_open_submission(tiny_dataset, demo_onnx_model, tmp_path, version):
     """The real harness (demo ONNX model, tiny synthetic set) writes what the generator reads."""
-    from abtf_ssd import harness
     from abtf_ssd.config import DEMO_CONFIG
+    from abtf_ssd.loadgen import harness
 
     results = tmp_path / "results"
     audit = tmp_path / "audit.config"

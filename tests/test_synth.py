@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abtf_ssd import synth
+from abtf_ssd.data import synth
 
 IGNORED = {2, 25, 31}
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from abtf_ssd import synth
-from abtf_ssd.boxes import SCALE_WH, SCALE_XY, default_boxes
 from abtf_ssd.config import DEMO_CONFIG, get_config
-from abtf_ssd.model import DEMO_WEIGHTS, build_ssd, load_checkpoint
-from abtf_ssd.preprocess import build_preprocessed, sample_name, write_sample
-from abtf_ssd.train import (
+from abtf_ssd.data import synth
+from abtf_ssd.data.preprocess import build_preprocessed, sample_name, write_sample
+from abtf_ssd.model.boxes import SCALE_WH, SCALE_XY, default_boxes
+from abtf_ssd.model.ssd import DEMO_WEIGHTS, build_ssd, load_checkpoint
+from abtf_ssd.model.train import (
     MATCH_IOU,
     encode_targets,
     evaluate,

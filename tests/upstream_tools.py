@@ -6,7 +6,7 @@ and cached by the tarball's hash under ``<repo>/.cache/official/`` (ignored by g
 
 - the unpacked checkout (the official submission checker and compliance scripts live there);
 - a virtual environment whose ``mlperf_loadgen`` is the automotive LoadGen of that round, built
-  by the project's own path (``python -m abtf_ssd.loadgen_build --src``), while everything else
+  by the project's own path (``python -m abtf_ssd.loadgen.build --src``), while everything else
   (torch, ONNX Runtime, mlcflow, this package) comes from the project's ``.venv``: a ``.pth`` file
   adds ``.venv``'s site-packages *after* its own, so its own LoadGen wins. ``mlcr``, ``mlc`` and
   ``abtf-ssd`` in its ``bin`` run on that interpreter. The project's ``.venv`` keeps the PyPI wheel.
@@ -108,7 +108,7 @@ def _build(archive: Path, root: Path, tools: OfficialTools) -> None:
         [
             sys.executable,
             "-m",
-            "abtf_ssd.loadgen_build",
+            "abtf_ssd.loadgen.build",
             "--round",
             tools.round,
             "--src",
@@ -141,7 +141,7 @@ def _build(archive: Path, root: Path, tools: OfficialTools) -> None:
         script.write_text(f"#!{tools.python}\n" + "".join(source[1:]), encoding="utf-8")
         script.chmod(0o755)
     kind = subprocess.run(
-        [str(tools.python), "-m", "abtf_ssd.loadgen_build", "--kind"],
+        [str(tools.python), "-m", "abtf_ssd.loadgen.build", "--kind"],
         check=True,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""MLC glue for app-abtf-ssd-reference: env -> one ``abtf-ssd run`` (abtf_ssd.harness) in its own process."""
+"""MLC glue for app-abtf-ssd-reference: env -> one `abtf-ssd run` (abtf_ssd.loadgen.harness), own process."""
 
 import dataclasses
 import os
@@ -32,14 +32,14 @@ _OPTIONS = {
 
 def predeps(i):
     """Refuse an impossible run before the model and dataset are fetched."""
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step(_SCRIPT, _check_request, i["env"])
 
 
 def _check_request(env):
-    from abtf_ssd.mlc_scripts import env_store_kind
-    from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
+    from abtf_ssd.mlc.scripts import env_store_kind
+    from abtf_ssd.submission.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, run_problem
 
     env_store_kind(env)
     framework = env["MLC_ABTF_RUN_FRAMEWORK"]
@@ -50,15 +50,15 @@ def _check_request(env):
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step(_SCRIPT, _run, i["env"])
 
 
 def _run(env):
     from abtf_ssd.cli import run_arguments
-    from abtf_ssd.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
-    from abtf_ssd.mlc_scripts import env_store_kind
+    from abtf_ssd.loadgen.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
+    from abtf_ssd.mlc.scripts import env_store_kind
 
     options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
     if env.get("MLC_ABTF_RUN_DATASET_SOURCE", "").startswith("synthetic") and not env.get(
@@ -87,14 +87,14 @@ def _run(env):
 
 
 def _sample_count(options):
-    from abtf_ssd.accuracy import count_samples
+    from abtf_ssd.data.metric import count_samples
 
     return count_samples(options.dataset_dir, options.dataset_prefix)
 
 
 def _official_audit_config(round, test, folder):
     from abtf_ssd.fileio import atomic_write_text
-    from abtf_ssd.rules import audit_config_text
+    from abtf_ssd.loadgen.rules import audit_config_text
 
     return str(atomic_write_text(os.path.join(folder, "audit.config"), audit_config_text(round, test)))
 
@@ -126,7 +126,7 @@ def _dataset(env):
 
 def _config(env):
     """The model config: --config, else the model's, else the one the dataset was preprocessed for."""
-    from abtf_ssd.store import recorded_config
+    from abtf_ssd.data.store import recorded_config
 
     recorded = recorded_config(env["MLC_ABTF_DATASET_PATH"])  # dataset.json, or a store's store.json
     config = env.get("MLC_ABTF_RUN_CONFIG") or env.get("MLC_ABTF_ML_MODEL_CONFIG") or recorded

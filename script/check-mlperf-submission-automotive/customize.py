@@ -1,17 +1,17 @@
-"""MLC glue for check-mlperf-submission-automotive: env -> abtf_ssd.checker.run_checks."""
+"""MLC glue for check-mlperf-submission-automotive: env -> abtf_ssd.submission.checker.run_checks."""
 
 _SCRIPT = "check-mlperf-submission-automotive"
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step(_SCRIPT, _check, i["env"])
 
 
 def _check(env):
-    from abtf_ssd.checker import format_report, run_checks
-    from abtf_ssd.mlc_scripts import env_flag
+    from abtf_ssd.mlc.scripts import env_flag
+    from abtf_ssd.submission.checker import format_report, run_checks
 
     submission_dir = env.get("MLC_ABTF_SUBMISSION_DIR", "")
     if not submission_dir:
@@ -23,7 +23,7 @@ def _check(env):
     if report.errors:
         raise ValueError(f"{len(report.errors)} error(s), listed above")
     if env.get("MLC_ABTF_SUBMISSION_OFFICIAL_TOOLS"):
-        from abtf_ssd.official import check_with_official
+        from abtf_ssd.submission.official import check_with_official
 
         test_mode = env_flag(env.get("MLC_ABTF_SUBMISSION_TEST_MODE", ""))
         passed, text = check_with_official(

@@ -1,4 +1,4 @@
-"""MLC glue for generate-mlperf-submission-automotive: env -> abtf_ssd.submission.generate_submission."""
+"""MLC glue for generate-mlperf-submission-automotive: env -> abtf_ssd.submission.tree.generate_submission."""
 
 import os
 
@@ -6,15 +6,15 @@ _SCRIPT = "generate-mlperf-submission-automotive"
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step(_SCRIPT, _generate, i["env"])
 
 
 def _generate(env):
-    from abtf_ssd import submission
-    from abtf_ssd.checker import TEST_MODE_RELAXED_RULES
-    from abtf_ssd.mlc_scripts import env_flag
+    from abtf_ssd.mlc.scripts import env_flag
+    from abtf_ssd.submission import tree as submission
+    from abtf_ssd.submission.checker import TEST_MODE_RELAXED_RULES
 
     results_dir = env.get("MLC_ABTF_SUBMISSION_RESULTS_DIR", "")
     submitter = env.get("MLC_ABTF_SUBMISSION_SUBMITTER", "")

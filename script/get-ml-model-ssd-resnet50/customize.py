@@ -1,4 +1,4 @@
-"""MLC glue for get-ml-model-ssd-resnet50: env -> abtf_ssd.cli.export_model or the MLCommons download."""
+"""MLC glue for get-ml-model-ssd-resnet50: env -> abtf_ssd.model.export.export_model or the download."""
 
 import os
 
@@ -8,8 +8,8 @@ _EXTENSIONS = {"onnx": ".onnx", "pytorch": ".pth"}
 
 def predeps(i):
     """Refuse a precision the format cannot have before the calibration split is fetched."""
-    from abtf_ssd.mlc_scripts import mlc_step
-    from abtf_ssd.quantize import check_precision
+    from abtf_ssd.mlc.scripts import mlc_step
+    from abtf_ssd.model.quantize import check_precision
 
     env = i["env"]
     return mlc_step(
@@ -21,7 +21,7 @@ def predeps(i):
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("get-ml-model-ssd-resnet50", _get_model, i["env"])
 
@@ -30,8 +30,8 @@ def _get_model(env):
     source = env["MLC_ABTF_ML_MODEL_SOURCE"]
     model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
     if source == "mlc":
-        from abtf_ssd import download
-        from abtf_ssd.mlc_scripts import download_folder
+        from abtf_ssd.data import download
+        from abtf_ssd.mlc.scripts import download_folder
 
         path = download.fetch_model(
             model_format,
@@ -43,9 +43,9 @@ def _get_model(env):
     elif source == "local":
         path = _local_model(env["MLC_ABTF_ML_MODEL_LOCAL_PATH"], model_format)
     else:
-        from abtf_ssd.cli import export_model
-        from abtf_ssd.mlc_scripts import env_int
-        from abtf_ssd.model import DEMO_WEIGHTS
+        from abtf_ssd.mlc.scripts import env_int
+        from abtf_ssd.model.export import export_model
+        from abtf_ssd.model.ssd import DEMO_WEIGHTS
 
         # The demo model is the committed checkpoint; until it exists, seeded random demo weights.
         checkpoint = DEMO_WEIGHTS if source == "synthetic" and DEMO_WEIGHTS.is_file() else None
@@ -60,7 +60,7 @@ def _get_model(env):
     env["MLC_ABTF_ML_MODEL_PATH"] = str(path)
     if env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes":
         return
-    from abtf_ssd.quantize import DEFAULT_TEXT, model_data_types, reduce_precision
+    from abtf_ssd.model.quantize import DEFAULT_TEXT, model_data_types, reduce_precision
 
     env["MLC_ABTF_ML_MODEL_FP32_PATH"] = str(path)
     path = reduce_precision(

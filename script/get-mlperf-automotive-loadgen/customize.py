@@ -1,17 +1,17 @@
-"""MLC glue for get-mlperf-automotive-loadgen: env -> abtf_ssd.loadgen_build.build."""
+"""MLC glue for get-mlperf-automotive-loadgen: env -> abtf_ssd.loadgen.build.build."""
 
 import sys
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("get-mlperf-automotive-loadgen", _build, i["env"])
 
 
 def _build(env):
-    from abtf_ssd import loadgen_build
-    from abtf_ssd.mlc_scripts import env_flag
+    from abtf_ssd.loadgen import build as loadgen_build
+    from abtf_ssd.mlc.scripts import env_flag
 
     dry_run = env_flag(env.get("MLC_ABTF_LOADGEN_DRY_RUN", ""))
     # The benchmark's environment: the interpreter mlcflow (and so the app script) runs in.

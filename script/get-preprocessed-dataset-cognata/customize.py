@@ -1,5 +1,6 @@
-"""MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.preprocess.build_preprocessed, or with
-``--store=mmap`` abtf_ssd.store.preprocess_to_store (raw frames) / convert_pickles_to_store (the download)."""
+"""MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.data.preprocess.build_preprocessed,
+or with ``--store=mmap`` abtf_ssd.data.store.preprocess_to_store (raw frames) / convert_pickles_to_store
+(the download)."""
 
 import os
 
@@ -12,20 +13,20 @@ _RAW_CSV_KEYS = {
 
 def predeps(i):
     """Refuse an unknown --store before the raw frames are made or fetched (mlc_step also notes the new
-    cache entry, removed if the request fails: abtf_ssd.mlc_scripts)."""
-    from abtf_ssd.mlc_scripts import mlc_step
+    cache entry, removed if the request fails: abtf_ssd.mlc.scripts)."""
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("get-preprocessed-dataset-cognata", _check_store, i["env"])
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("get-preprocessed-dataset-cognata", _get_preprocessed, i["env"])
 
 
 def _check_store(env):
-    from abtf_ssd.mlc_scripts import env_store_kind
+    from abtf_ssd.mlc.scripts import env_store_kind
 
     env_store_kind(env)
 
@@ -37,16 +38,16 @@ def _get_preprocessed(env):
     split = env["MLC_ABTF_DATASET_SPLIT"]
     prefix = cognata.SPLIT_PREFIXES[split]
     source = env["MLC_ABTF_DATASET_SOURCE"]
-    from abtf_ssd.mlc_scripts import env_store_kind
+    from abtf_ssd.mlc.scripts import env_store_kind
 
     store = env_store_kind(env)
     env["MLC_ABTF_DATASET_PREFIX"] = prefix
     if source == "mlc":
         _download(env, out_dir, split, store)
         return
-    from abtf_ssd import preprocess
-    from abtf_ssd.mlc_scripts import env_int
-    from abtf_ssd.store import preprocess_to_store
+    from abtf_ssd.data import preprocess
+    from abtf_ssd.data.store import preprocess_to_store
+    from abtf_ssd.mlc.scripts import env_int
 
     if source == "local":
         raw_root = env.get("MLC_ABTF_DATASET_RAW_PATH", "")
@@ -78,9 +79,9 @@ def _get_preprocessed(env):
 def _download(env, out_dir, split, store):
     """The MLCommons preprocessed set of ``split`` (needs membership and a login); with ``--store=mmap``
     converted once into ``<pickle folder>/mmap``."""
-    from abtf_ssd import download
-    from abtf_ssd.mlc_scripts import download_folder, env_int
-    from abtf_ssd.store import prepare_store
+    from abtf_ssd.data import download
+    from abtf_ssd.data.store import prepare_store
+    from abtf_ssd.mlc.scripts import download_folder, env_int
 
     dry_run = env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes"
     pickle_dir = download.fetch_dataset(

@@ -1,16 +1,16 @@
-"""MLC glue for get-raw-dataset-cognata: env -> abtf_ssd.synth.generate or the MLCommons download."""
+"""MLC glue for get-raw-dataset-cognata: env -> abtf_ssd.data.synth.generate or the MLCommons download."""
 
 import os
 
 
 def predeps(i):
-    from abtf_ssd.mlc_scripts import forget_failed_cache_entry
+    from abtf_ssd.mlc.scripts import forget_failed_cache_entry
 
     return forget_failed_cache_entry("get-raw-dataset-cognata")
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("get-raw-dataset-cognata", _get_raw, i["env"])
 
@@ -20,8 +20,8 @@ def _get_raw(env):
     if env["MLC_ABTF_RAW_DATASET_SOURCE"] == "mlc":
         _download(env, out_root)
         return
-    from abtf_ssd import synth
-    from abtf_ssd.mlc_scripts import env_int
+    from abtf_ssd.data import synth
+    from abtf_ssd.mlc.scripts import env_int
 
     synth.generate(
         out_root,
@@ -39,8 +39,9 @@ def _get_raw(env):
 
 def _download(env, out_root):
     """The MLCommons raw recordings (needs membership and a login), with the official split CSVs."""
-    from abtf_ssd import cognata, download
-    from abtf_ssd.mlc_scripts import download_folder
+    from abtf_ssd import cognata
+    from abtf_ssd.data import download
+    from abtf_ssd.mlc.scripts import download_folder
 
     root = download.fetch_dataset(
         "raw",

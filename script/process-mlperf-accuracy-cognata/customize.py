@@ -1,17 +1,18 @@
-"""MLC glue for process-mlperf-accuracy-cognata: env -> abtf_ssd.accuracy.accuracy_main (accuracy.txt)."""
+"""MLC glue for process-mlperf-accuracy-cognata: env -> abtf_ssd.loadgen.accuracy.accuracy_main."""
 
 import os
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("process-mlperf-accuracy-cognata", _process, i["env"])
 
 
 def _process(env):
-    from abtf_ssd.accuracy import ACCURACY_TXT, accuracy_main, find_accuracy_log, format_accuracy
-    from abtf_ssd.mlc_scripts import STORE_ENV
+    from abtf_ssd.data.metric import format_accuracy
+    from abtf_ssd.loadgen.accuracy import ACCURACY_TXT, accuracy_main, find_accuracy_log
+    from abtf_ssd.mlc.scripts import STORE_ENV
 
     # Inside run-abtf-inference the accuracy run of app-abtf-ssd-reference has just written its folder.
     result_dir = env.get("MLC_ABTF_ACCURACY_RESULT_DIR") or env.get("MLC_ABTF_APP_ACCURACY_DIR", "")
@@ -22,7 +23,7 @@ def _process(env):
     prefix = {"prefix": env["MLC_ABTF_DATASET_PREFIX"]} if env.get("MLC_ABTF_DATASET_PREFIX") else {}
     dataset = env.get("MLC_ABTF_DATASET_PATH") or None
     if dataset and env.get(STORE_ENV) == "mmap":
-        from abtf_ssd.store import find_store
+        from abtf_ssd.data.store import find_store
 
         # --store=mmap with a pickle folder: the run converted it; its ground truth reads without unpickling.
         dataset = find_store(dataset) or dataset

@@ -3,10 +3,10 @@
 The work happens in the dependencies (meta.yaml): system description, model, dataset, the
 app runs (find-performance, performance, accuracy, TEST01), the accuracy script and, for
 ``_submission``, generate-mlperf-submission-automotive. ``predeps`` runs the one pre-flight check
-(abtf_ssd.preflight) before any of them starts, so nothing is downloaded for a run that cannot
+(abtf_ssd.mlc.preflight) before any of them starts, so nothing is downloaded for a run that cannot
 happen; ``preprocess`` (after them) prints the results table. With ``--docker`` the dependencies are
 skipped except the downloads MLC_USE_*_FROM_HOST ask for, and ``preprocess`` runs the same request
-in a container (abtf_ssd.container).
+in a container (abtf_ssd.mlc.container).
 """
 
 # App run folder exported by app-abtf-ssd-reference -> the mode shown in the table.
@@ -20,14 +20,14 @@ _SCRIPT = "run-abtf-inference"
 
 
 def predeps(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step(_SCRIPT, _plan, i)
 
 
 def _plan(i):
     """The pre-flight check; with --docker, the request must also be one the container can repeat."""
-    from abtf_ssd import container, preflight
+    from abtf_ssd.mlc import container, preflight
 
     env, flags = i["env"], preflight.flag_names(i["meta"]["input_mapping"])
     if env.get("MLC_ABTF_RUN_ALL_SCENARIOS") == "yes":
@@ -42,7 +42,7 @@ def _plan(i):
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     if i["env"].get("MLC_ABTF_RUN_DOCKER_HOST") == "yes":
         return mlc_step(_SCRIPT, _docker, i)
@@ -57,7 +57,7 @@ def _each_scenario(i):
     import sys
     from pathlib import Path
 
-    from abtf_ssd import container, preflight
+    from abtf_ssd.mlc import container, preflight
 
     request = container.request_from_mlc_input(i["input"], why="_all-scenarios")
     for scenario in preflight.ROUND_SCENARIOS:
@@ -73,7 +73,7 @@ def _each_scenario(i):
 
 def _report(env):
     """The results table of the runs the dependencies made."""
-    from abtf_ssd import report
+    from abtf_ssd.loadgen import report
 
     summaries = [
         report.summarize_run(
@@ -98,9 +98,9 @@ def _report(env):
 
 
 def _docker(i):
-    """The same request inside a container (abtf_ssd.container); results land in results_dir."""
-    from abtf_ssd import container, preflight
-    from abtf_ssd.mlc_scripts import env_flag
+    """The same request inside a container (abtf_ssd.mlc.container); results land in results_dir."""
+    from abtf_ssd.mlc import container, preflight
+    from abtf_ssd.mlc.scripts import env_flag
 
     env = i["env"]
     result = container.run_from_mlc(

@@ -1,16 +1,16 @@
-"""MLC glue for run-abtf-submission-plan: env -> abtf_ssd.plan.main_action (run, status or estimate)."""
+"""MLC glue for run-abtf-submission-plan: env -> abtf_ssd.submission.plan.main_action (run|status|estimate)"""
 
 import os
 
 
 def preprocess(i):
-    from abtf_ssd.mlc_scripts import mlc_step
+    from abtf_ssd.mlc.scripts import mlc_step
 
     return mlc_step("run-abtf-submission-plan", _plan, i["env"])
 
 
 def _plan(env):
-    from abtf_ssd.plan import main_action
+    from abtf_ssd.submission.plan import main_action
 
     plan_file = env.get("MLC_ABTF_PLAN_FILE", "")
     if not plan_file:

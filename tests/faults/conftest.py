@@ -40,7 +40,7 @@ def long_split(tiny_dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def long_reference(tiny_dataset, long_split: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``long_split`` preprocessed in one uninterrupted run: what every interrupted run must end as."""
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.preprocess import build_preprocessed
+    from abtf_ssd.data.preprocess import build_preprocessed
 
     out = tmp_path_factory.mktemp("long_reference") / "val"
     return build_preprocessed(

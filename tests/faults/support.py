@@ -223,7 +223,7 @@ class FakeRemote:
         rclone = self.bin / "rclone"
         rclone.write_text(FAKE_RCLONE.format(python=PYTHON))
         rclone.chmod(0o755)
-        from abtf_ssd.download import DRIVE_ROOT_FOLDER_ID, RCLONE_REMOTE
+        from abtf_ssd.data.download import DRIVE_ROOT_FOLDER_ID, RCLONE_REMOTE
 
         self.config.write_text(
             f"[{RCLONE_REMOTE}]\ntype = drive\nclient_id = 123.apps.googleusercontent.com\n"
@@ -232,7 +232,7 @@ class FakeRemote:
         )
 
     def publish(self, artifact: str, data: bytes) -> Path:
-        from abtf_ssd.download import ARTIFACTS
+        from abtf_ssd.data.download import ARTIFACTS
 
         target = self.files / ARTIFACTS[artifact].remote_path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +258,8 @@ class FakeRemote:
 
 
 def sample_bytes(img: np.ndarray, gt_boxes: np.ndarray) -> bytes:
-    """One sample pickle exactly as :func:`abtf_ssd.preprocess.write_sample` writes it."""
-    from abtf_ssd.preprocess import PICKLE_PROTOCOL
+    """One sample pickle exactly as :func:`abtf_ssd.data.preprocess.write_sample` writes it."""
+    from abtf_ssd.data.preprocess import PICKLE_PROTOCOL
 
     return pickle.dumps({"img": img, "gt_boxes": gt_boxes}, protocol=PICKLE_PROTOCOL)
 

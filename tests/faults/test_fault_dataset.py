@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import harness
-from abtf_ssd.accuracy import accuracy_main, count_samples
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.preprocess import (
+from abtf_ssd.data.metric import count_samples
+from abtf_ssd.data.preprocess import (
     MANIFEST_NAME,
     SampleFormatError,
     build_preprocessed,
     load_sample,
     write_sample,
 )
+from abtf_ssd.loadgen import harness
+from abtf_ssd.loadgen.accuracy import accuracy_main
 from faults.support import run_python
 
 
@@ -57,7 +58,7 @@ class VanishingSampleBackend:
     deletes ``doomed``, as a sample vanishing from a network share mid-run would."""
 
     def __init__(self, model: Path, doomed: Path) -> None:
-        from abtf_ssd.backends import create_backend
+        from abtf_ssd.model.backends import create_backend
 
         self.inner = create_backend("onnxruntime", model, "cpu", 1, DEMO_CONFIG)
         self.config_name = self.inner.config_name

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import download
-from abtf_ssd.download import (
+from abtf_ssd.data import download
+from abtf_ssd.data.download import (
     MARKER_NAME,
     ChecksumError,
     DownloadError,
@@ -40,7 +40,7 @@ from faults.support import (
 KILL_MID_EXTRACTION = """
 import os, signal, sys, tarfile
 
-from abtf_ssd import download
+from abtf_ssd.data import download
 
 real_extract = tarfile.TarFile.extract
 extracted = []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.preprocess import PICKLE_PROTOCOL, UnsafePickleError, load_sample
+from abtf_ssd.data.preprocess import PICKLE_PROTOCOL, UnsafePickleError, load_sample
 from faults.support import run_python
 
 
@@ -90,7 +90,7 @@ def test_hostile_sample_is_refused_by_the_loader(hostile_dataset):
 
 
 def test_hostile_sample_is_refused_by_an_accuracy_run(exec_hostile_dataset, demo_onnx_model, tmp_path):
-    from abtf_ssd import harness
+    from abtf_ssd.loadgen import harness
 
     dataset, marker = exec_hostile_dataset
     options = harness.RunOptions(
@@ -151,7 +151,7 @@ def test_hostile_checkpoint_is_refused_and_nothing_runs(hostile_checkpoint):
     import torch
 
     from abtf_ssd.config import get_config
-    from abtf_ssd.model import SSDResNet50, load_checkpoint
+    from abtf_ssd.model.ssd import SSDResNet50, load_checkpoint
 
     path, marker = hostile_checkpoint
     with torch.device("meta"):
@@ -162,7 +162,7 @@ def test_hostile_checkpoint_is_refused_and_nothing_runs(hostile_checkpoint):
 
 
 def test_hostile_checkpoint_is_refused_by_the_pytorch_backend(hostile_checkpoint):
-    from abtf_ssd.backends import create_backend
+    from abtf_ssd.model.backends import create_backend
 
     path, marker = hostile_checkpoint
     for config_name in (DEMO_CONFIG, None):
@@ -175,7 +175,7 @@ def test_hostile_checkpoint_error_names_the_file(hostile_checkpoint):
     import torch
 
     from abtf_ssd.config import get_config
-    from abtf_ssd.model import SSDResNet50, load_checkpoint
+    from abtf_ssd.model.ssd import SSDResNet50, load_checkpoint
 
     path, marker = hostile_checkpoint
     with torch.device("meta"):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import harness
-from abtf_ssd.backends import BackendError, create_backend
 from abtf_ssd.config import DEMO_CONFIG, get_config
+from abtf_ssd.loadgen import harness
+from abtf_ssd.model.backends import BackendError, create_backend
 from faults.support import run_python
 
 DEMO = get_config(DEMO_CONFIG)
@@ -197,7 +197,7 @@ def test_a_run_refused_at_warm_up_keeps_the_earlier_results(symbolic_wrong_model
 def test_pytorch_checkpoint_of_another_geometry_is_refused(tmp_path):
     import torch
 
-    from abtf_ssd.model import SSDResNet50
+    from abtf_ssd.model.ssd import SSDResNet50
 
     other = dataclasses.replace(DEMO, num_classes=C + 1)
     with torch.device("meta"):

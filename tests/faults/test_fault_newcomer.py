@@ -104,7 +104,7 @@ def test_a_pth_that_is_no_checkpoint_is_one_line(make, tiny_dataset, tmp_path: P
 def test_a_checkpoint_of_another_model_is_a_short_message(tiny_dataset, tmp_path: Path) -> None:
     import torch
 
-    from abtf_ssd.model import build_ssd
+    from abtf_ssd.model.ssd import build_ssd
 
     state = build_ssd("demo").state_dict()
     renamed = {(f"module.{k}" if i % 2 else k): v for i, (k, v) in enumerate(state.items())}
@@ -273,7 +273,7 @@ def test_run_help_says_what_each_option_is(tmp_path: Path) -> None:
     import dataclasses
 
     from abtf_ssd.cli import RUN_HELP
-    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.loadgen.harness import RunOptions
 
     assert {f.name for f in dataclasses.fields(RunOptions)} <= RUN_HELP.keys(), "an option without help"
     proc = abtf_ssd("run", "--help", cwd=tmp_path)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from helpers import build_demo_val_set, store_kill_script, val_sample_names
 
-from abtf_ssd import preprocess
 from abtf_ssd.config import DEMO_CONFIG, get_config
-from abtf_ssd.preprocess import (
+from abtf_ssd.data import preprocess
+from abtf_ssd.data.preprocess import (
     MANIFEST_NAME,
     PARTIAL_MANIFEST_NAME,
     DiskSpaceError,
@@ -43,7 +43,7 @@ LOCK = "preprocess.lock"
 KILL_MID_WRITE = """
 import os, pickle, signal, sys
 
-from abtf_ssd import preprocess
+from abtf_ssd.data import preprocess
 
 raw, split_csv, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 real_dump = pickle.dump
@@ -70,7 +70,7 @@ preprocess.build_preprocessed(raw, split_csv, out, "val", "demo", workers=1, pro
 RUN_WITH_WORKERS = """
 import sys
 
-from abtf_ssd import preprocess
+from abtf_ssd.data import preprocess
 
 if __name__ == "__main__":  # spawn workers import this file
     raw, split_csv, out = sys.argv[1:4]
@@ -139,7 +139,7 @@ def test_sigkill_of_the_parent_leaves_no_orphan_workers_and_resumes(
 
 
 def test_an_interrupted_set_is_not_taken_for_a_finished_one(tiny_dataset, long_split, tmp_path):
-    from abtf_ssd.accuracy import count_samples
+    from abtf_ssd.data.metric import count_samples
 
     out = tmp_path / "val"
     script = tmp_path / "kill_mid_write.py"
@@ -258,7 +258,7 @@ KILL_STORE_COMMIT = store_kill_script(
 
 
 def test_store_conversion_killed_mid_commit_resumes_byte_identical(long_reference, tmp_path):
-    from abtf_ssd.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+    from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
 
     reference = convert_pickles_to_store(long_reference, tmp_path / "reference", progress=False)
     store_dir = tmp_path / "store"

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from abtf_ssd.accuracy import AccuracyLogError, read_accuracy_log
-from abtf_ssd.boxes import MAX_OUTPUT, SCORE_THRESHOLD, decode_batch, decode_reference_loop
 from abtf_ssd.config import DEMO_CONFIG, get_config
+from abtf_ssd.loadgen.accuracy import AccuracyLogError, read_accuracy_log
+from abtf_ssd.model.boxes import MAX_OUTPUT, SCORE_THRESHOLD, decode_batch, decode_reference_loop
 
 DEMO = get_config(DEMO_CONFIG)
 A = DEMO.num_anchors
@@ -104,7 +104,7 @@ def test_decoded_boxes_are_not_clamped_to_the_frame():
 def test_fast_decoder_ends_where_the_reference_loop_would_not():
     """Five boxes whose area is finite but twice it overflows float32: their IoU (with each other and
     with themselves) is 0, so none suppresses another; each is taken once and the decoder ends."""
-    from abtf_ssd.boxes import default_boxes
+    from abtf_ssd.model.boxes import default_boxes
 
     side = np.float32(1.5e19)  # relative units: area 2.25e38 < float32 max < twice the area
     anchors = default_boxes(DEMO)[:5]

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd import harness
-from abtf_ssd.backends import create_backend
 from abtf_ssd.config import DEMO_CONFIG
+from abtf_ssd.loadgen import harness
+from abtf_ssd.model.backends import create_backend
 from faults.support import PYTHON, child_env, kill_group, run_python, wait_until
 
 SYSTEM = "faulty-sut"
@@ -123,7 +123,8 @@ def test_unreadable_sample_fails_a_performance_run_from_the_cli(corrupt_dataset,
 
 
 def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_model, tmp_path):
-    from abtf_ssd import submission, sysinfo
+    from abtf_ssd.submission import sysinfo
+    from abtf_ssd.submission import tree as submission
 
     results = tmp_path / "results"
     performance = run_options(tiny_dataset.preprocessed, demo_onnx_model, results, "performance")

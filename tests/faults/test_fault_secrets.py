@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.download import DownloadError, fetch_dataset, fetch_model
+from abtf_ssd.data.download import DownloadError, fetch_dataset, fetch_model
 from faults.support import (
     PYTHON,
     SECRETS,
@@ -94,7 +94,15 @@ def test_results_and_submission_hold_no_secret(tiny_dataset, demo_onnx_model, fa
         ["-m", "abtf_ssd.cli", "sysinfo", "--out", str(results / "sut" / "mlc-sut-info.json")], tmp_path, env
     )
     steps["submission"] = subprocess.run(
-        [PYTHON, "-m", "abtf_ssd.submission", "--results_dir", str(results), "--submission_dir", str(tree)]
+        [
+            PYTHON,
+            "-m",
+            "abtf_ssd.submission.tree",
+            "--results_dir",
+            str(results),
+            "--submission_dir",
+            str(tree),
+        ]
         + ["--submitter", "ABTF_Demo", "--division", "open", "--system_name", "sut", "--allow_test_mode"],
         cwd=tmp_path,
         env=env,

@@ -9,10 +9,10 @@ Loss (SSD): every ground-truth box is matched to the anchors it overlaps with Io
 best anchor; matched anchors regress the box encoded with the decoder's variances (smooth L1),
 all anchors classify with cross-entropy where the negatives are the hardest ``3 x positives``.
 
-Input: a folder of ``<prefix>_<i>.pkl`` samples from :func:`abtf_ssd.preprocess.build_preprocessed`
+Input: a folder of ``<prefix>_<i>.pkl`` samples from :func:`abtf_ssd.data.preprocess.build_preprocessed`
 (images already resized and normalised; boxes in original pixels). Output: a checkpoint
 ``{"model_state_dict", "config", "iterations", "seed", ...}`` written atomically, parameters stored
-as float16 when ``half=True`` (what :func:`abtf_ssd.model.load_checkpoint` reads back as float32).
+as float16 when ``half=True`` (what :func:`abtf_ssd.model.ssd.load_checkpoint` reads back as float32).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from abtf_ssd.accuracy import MapResult, compute_map
-from abtf_ssd.boxes import SCALE_WH, SCALE_XY, decode_batch, default_boxes
 from abtf_ssd.cognata import SPLIT_PREFIXES
 from abtf_ssd.config import SSDConfig, get_config
+from abtf_ssd.data.metric import MapResult, compute_map
+from abtf_ssd.data.preprocess import load_sample
 from abtf_ssd.fileio import atomic_output
-from abtf_ssd.model import SSDResNet50, build_ssd, init_weights, load_checkpoint
-from abtf_ssd.preprocess import load_sample
+from abtf_ssd.model.boxes import SCALE_WH, SCALE_XY, decode_batch, default_boxes
+from abtf_ssd.model.ssd import SSDResNet50, build_ssd, init_weights, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def evaluate(
     """COCO mAP of a checkpoint on preprocessed samples, with the benchmark's decoder and metric.
 
     Runs the PyTorch model on ``<prefix>_<i>.pkl`` (the first ``count``, default all), decodes with
-    :func:`abtf_ssd.boxes.decode_batch` and scores with :func:`abtf_ssd.accuracy.compute_map`.
+    :func:`abtf_ssd.model.boxes.decode_batch` and scores with :func:`abtf_ssd.data.metric.compute_map`.
     """
     torch.set_num_threads(threads)
     config = get_config(config_name)

@@ -17,7 +17,7 @@ The steps, each one argument list run without a shell (:func:`build_steps` lists
 5. ``pip uninstall`` of the PyPI wheel, then ``pip install`` of the wheel just built;
 6. a fresh interpreter imports ``mlperf_loadgen`` and must find the automotive one.
 
-Which LoadGen is installed is told by :func:`abtf_ssd.rules.has_constant_stream` (the module);
+Which LoadGen is installed is told by :func:`abtf_ssd.loadgen.rules.has_constant_stream` (the module);
 the submission checker tells it from a run's detail log (``checker.is_automotive_loadgen``).
 """
 
@@ -60,7 +60,7 @@ _KIND_PROBE = (
 )
 """Run by the target interpreter: prints ``<kind> <path of its mlperf_loadgen>``.
 
-It loads ``rules.py`` by path, so the answer comes from :func:`abtf_ssd.rules.has_constant_stream`
+It loads ``rules.py`` by path, so the answer comes from :func:`abtf_ssd.loadgen.rules.has_constant_stream`
 without putting any folder of this environment on the other interpreter's ``sys.path`` (so
 ``rules.py`` must keep importing nothing but the standard library and ``mlperf_loadgen``; the
 throwaway-venv test of ``tests/test_loadgen_build.py`` fails otherwise).
@@ -325,20 +325,20 @@ def installed_loadgen_kind(python: str | None = None) -> str:
     if python is not None:
         return _probe_output(_run_quiet([python, "-c", _KIND_PROBE], f"{python}: import mlperf_loadgen"))[0]
     try:
-        from abtf_ssd.rules import has_constant_stream
+        from abtf_ssd.loadgen.rules import has_constant_stream
     except ModuleNotFoundError as error:
         if error.name != "mlperf_loadgen":
             raise
         raise LoadgenBuildError(
             f"{sys.executable}: no mlperf_loadgen; pip install {PYPI_DISTRIBUTION} (inference LoadGen) "
-            "or build the automotive one: python -m abtf_ssd.loadgen_build --round v0.5"
+            "or build the automotive one: python -m abtf_ssd.loadgen.build --round v0.5"
         ) from None
     return "automotive" if has_constant_stream() else "inference"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m abtf_ssd.loadgen_build",
+        prog="python -m abtf_ssd.loadgen.build",
         description="Build the automotive LoadGen (mlperf_automotive loadgen/ at the round's tag) "
         f"and install it in place of the PyPI wheel {PYPI_DISTRIBUTION}.",
     )

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from abtf_ssd.accuracy import find_accuracy_log, read_accuracy_log
 from abtf_ssd.cognata import CLASS_NAMES, SPLIT_PREFIXES
 from abtf_ssd.config import CONFIGS, MEAN, STD, SSDConfig, get_config
+from abtf_ssd.data.preprocess import load_sample, sample_name
 from abtf_ssd.fileio import atomic_output
-from abtf_ssd.preprocess import load_sample, sample_name
+from abtf_ssd.loadgen.accuracy import find_accuracy_log, read_accuracy_log
 
 GROUND_TRUTH_COLOR = (40, 220, 60)
 PREDICTION_COLOR = (255, 140, 0)

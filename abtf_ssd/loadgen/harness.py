@@ -14,7 +14,7 @@ LoadGen reads ``audit.config`` from the working directory and applies it to any 
 therefore takes place with the output folder as working directory, and an audit config is
 copied there only when one is given explicitly (a compliance run).
 
-The dataset is read through :func:`abtf_ssd.store.open_dataset`: a pickle folder or a memory-mapped
+The dataset is read through :func:`abtf_ssd.data.store.open_dataset`: a pickle folder or a memory-mapped
 store. What can be checked without LoadGen is checked first, and a refused run leaves the output
 folder alone: the sample files exist, a valid run covers its whole split, and one warm-up inference
 (every mode) shows that the model answers with the config's shapes. Only then are a previous run's
@@ -52,13 +52,14 @@ from typing import Protocol
 import mlperf_loadgen as lg
 import numpy as np
 
-from abtf_ssd import accuracy, report, rules
-from abtf_ssd.boxes import decode_batch
 from abtf_ssd.cognata import SPLIT_PREFIXES, official_split, read_split
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
+from abtf_ssd.data import metric
+from abtf_ssd.data.preprocess import read_manifest
+from abtf_ssd.data.store import Dataset, PickleDataset, SampleStore, open_dataset
 from abtf_ssd.fileio import atomic_write_json, atomic_write_text
-from abtf_ssd.preprocess import read_manifest
-from abtf_ssd.store import Dataset, PickleDataset, SampleStore, open_dataset
+from abtf_ssd.loadgen import accuracy, report, rules
+from abtf_ssd.model.boxes import decode_batch
 
 MODEL_DIR = "ssd"
 EXPECTED_LATENCY_FILE = "expected_latency_ns.txt"
@@ -169,7 +170,7 @@ class RunResult:
     output_dir: Path
     options: RunOptions
     summary: report.RunSummary
-    map_result: accuracy.MapResult | None = None
+    map_result: metric.MapResult | None = None
     failures: list[QueryFailure] = field(default_factory=list)
     expected_latency_ns: int | None = None
     """The measured value (find-performance) or the one the run used."""
@@ -226,7 +227,7 @@ class RunResult:
 
 
 class SampleLibrary:
-    """The QSL over a :class:`~abtf_ssd.store.Dataset`: loads the samples LoadGen asks for, keeps
+    """The QSL over a :class:`~abtf_ssd.data.store.Dataset`: loads the samples LoadGen asks for, keeps
     every loaded sample's ``gt_boxes``, and records (instead of raising) what cannot be loaded."""
 
     def __init__(self, dataset: Dataset, interrupt: threading.Event | None = None) -> None:
@@ -529,7 +530,7 @@ def _official_rows(prefix: str) -> tuple[int, str] | None:
 def _split_rows(dataset: Dataset) -> tuple[int, str] | None:
     """How many rows the split the dataset was made from has, and which split; None when unknown.
 
-    A pickle folder of :func:`abtf_ssd.preprocess.build_preprocessed` records it in dataset.json; one
+    A pickle folder of :func:`abtf_ssd.data.preprocess.build_preprocessed` records it in dataset.json; one
     without a manifest is the official download. A store records the split it was made from: none for
     an official download; its own ``split_rows`` when written (by preprocessing or a conversion) since
     that field exists, else the dataset.json of the pickle folder it was converted from.
@@ -592,7 +593,7 @@ def _warm_up(sut: SystemUnderTest, library: SampleLibrary, batch_size: int) -> N
 def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     """Run LoadGen once as ``options`` say and write the results folder; return its numbers.
 
-    ``backend`` replaces the one :func:`abtf_ssd.backends.create_backend` would make.
+    ``backend`` replaces the one :func:`abtf_ssd.model.backends.create_backend` would make.
 
     Raises:
         RunFailedError: some queries failed (after writing the folder, results.json status ``failed``).
@@ -655,7 +656,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     _check_output(out_dir, audit_config)
 
     if backend is None:
-        from abtf_ssd.backends import create_backend
+        from abtf_ssd.model.backends import create_backend
 
         if options.model_path is None:
             raise ValueError("model_path is required unless a backend is given")
@@ -790,7 +791,7 @@ def _collect(
             i: library.ground_truth[i] if i in library.ground_truth else library.dataset.gt_boxes(i)
             for i in detections
         }
-        result.map_result = accuracy.compute_map(detections, options.dataset_dir, ground_truth=ground_truth)
+        result.map_result = metric.compute_map(detections, options.dataset_dir, ground_truth=ground_truth)
         accuracy.write_accuracy_txt(result.map_result, out_dir / accuracy.ACCURACY_TXT)
         summary.map = result.map_result.map
     else:

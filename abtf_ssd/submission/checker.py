@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abtf_ssd.report import LogFormatError, detail_messages
-from abtf_ssd.report import read_detail_log as read_detail_records
-from abtf_ssd.rules import (
+from abtf_ssd.loadgen.report import LogFormatError, detail_messages
+from abtf_ssd.loadgen.report import read_detail_log as read_detail_records
+from abtf_ssd.loadgen.rules import (
     AUTOMOTIVE_LOADGEN_HINT,
     MODEL_NAME,
     ROUND_SCENARIOS,

@@ -1,4 +1,4 @@
-"""PyTorch backend: :class:`abtf_ssd.model.SSDResNet50` with a checkpoint, in eval mode.
+"""PyTorch backend: :class:`abtf_ssd.model.ssd.SSDResNet50` with a checkpoint, in eval mode.
 
 The config is ``config_name`` or, when that is None, the one in :data:`abtf_ssd.config.CONFIGS`
 whose parameter names and shapes equal the checkpoint's (compared on the meta device, so no
@@ -21,9 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from abtf_ssd.backends import BackendError, ModelBackend, check_batch, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
-from abtf_ssd.model import SSDResNet50, build_ssd, fit_problem, load_checkpoint, read_state_dict, shapes_of
+from abtf_ssd.model.backends.base import BackendError, ModelBackend, check_batch, parse_device
+from abtf_ssd.model.ssd import (
+    SSDResNet50,
+    build_ssd,
+    fit_problem,
+    load_checkpoint,
+    read_state_dict,
+    shapes_of,
+)
 
 DEVICE_KINDS = ("cpu", "cuda")
 
@@ -31,7 +38,7 @@ DEVICE_KINDS = ("cpu", "cuda")
 def device_problem(device: str) -> str | None:
     """Why this torch cannot run on ``device`` (no CUDA, too few GPUs), or None.
 
-    Use :func:`abtf_ssd.backends.check_device`. Raises ValueError for a malformed device.
+    Use :func:`abtf_ssd.model.backends.check_device`. Raises ValueError for a malformed device.
     """
     kind, index = parse_device(device, DEVICE_KINDS)
     if kind == "cpu":
@@ -52,7 +59,7 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of a checkpoint, read with torch's weights-only unpickler (mapped).
 
     Raises:
-        ValueError: as :func:`abtf_ssd.model.read_state_dict` (no checkpoint, refused, no state dict).
+        ValueError: as :func:`abtf_ssd.model.ssd.read_state_dict` (no checkpoint, refused, no state dict).
     """
     return shapes_of(read_state_dict(path, mmap=True))
 

@@ -2,7 +2,7 @@
 
 INT8 (:func:`quantize_int8`): ONNX Runtime's static quantization in the QDQ format (per-channel int8
 weights, uint8 activations), calibrated on the benchmark's calibration split read through
-:func:`abtf_ssd.store.open_dataset` (our own preprocessing: the same images the validation split
+:func:`abtf_ssd.data.store.open_dataset` (our own preprocessing: the same images the validation split
 gets). Only the calibration split is accepted (``calib_<i>`` samples): calibrating on validation
 frames is against the rules. Calibration runs one frame at a time, so an 8 MP frame's activations
 are in memory once, not once a frame; that once still takes more than 21 GB for ONNX Runtime's
@@ -192,7 +192,7 @@ class _CalibrationFrames:
 
 
 def _open_calibration(calibration_dir: str | os.PathLike[str], image_hw: tuple[int, int] | None):
-    from abtf_ssd.store import StoreError, open_dataset
+    from abtf_ssd.data.store import StoreError, open_dataset
 
     folder = Path(calibration_dir)
     if not folder.is_dir():

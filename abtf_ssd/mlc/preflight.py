@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import container, rules
+from abtf_ssd.loadgen import rules
+from abtf_ssd.mlc import container
 
 IMPLEMENTATIONS = ("reference",)
 CATEGORIES = ("adas",)
@@ -61,7 +62,7 @@ class RunRequest:
     scenario: str
     framework: str
     device: str
-    """Normalised: ``gpu`` is ``cuda`` (:func:`abtf_ssd.backends.normalize_device`)."""
+    """Normalised: ``gpu`` is ``cuda`` (:func:`abtf_ssd.model.backends.normalize_device`)."""
     execution_mode: str
     execution_mode_from: str
     """What decided the execution mode: ``--execution_mode``, ``_full``, ``_short``, ``_submission``
@@ -197,8 +198,8 @@ def _check_folder_input(inputs: _Inputs, key: str) -> None:
 def _dataset_samples(inputs: _Inputs) -> int | None:
     """Samples of ``--dataset_path`` (checked: a preprocessed folder or a sample store), else of the
     synthetic set the request generates; None for a download (the official split)."""
-    from .cognata import SPLIT_PREFIXES
-    from .store import StoreError, open_dataset
+    from abtf_ssd.cognata import SPLIT_PREFIXES
+    from abtf_ssd.data.store import StoreError, open_dataset
 
     key = "MLC_ABTF_DATASET_PATH"
     path = inputs.path(key)
@@ -289,14 +290,14 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
     """Check a run-abtf-inference request (its env; ``flags``: env key -> ``--flag``, :func:`flag_names`).
 
     Raises :class:`PreflightError` (a ValueError) for a request that cannot succeed; the Docker
-    engine check raises :class:`abtf_ssd.container.DockerUnavailableError`.
+    engine check raises :class:`abtf_ssd.mlc.container.DockerUnavailableError`.
     """
-    from .backends import FRAMEWORKS, check_device, normalize_device, parse_device
-    from .backends.onnxruntime_backend import DEVICE_KINDS
-    from .checker import DIVISIONS
-    from .config import CONFIGS
-    from .mlc_scripts import env_store_kind
-    from .sysinfo import model_problem, nvidia_gpus
+    from abtf_ssd.config import CONFIGS
+    from abtf_ssd.mlc.scripts import env_store_kind
+    from abtf_ssd.model.backends import FRAMEWORKS, check_device, normalize_device, parse_device
+    from abtf_ssd.model.backends.onnxruntime_backend import DEVICE_KINDS
+    from abtf_ssd.submission.checker import DIVISIONS
+    from abtf_ssd.submission.sysinfo import model_problem, nvidia_gpus
 
     inputs = _Inputs(env, flags)
     docker = docker_options(env, flags)
@@ -313,7 +314,7 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
     scenario = inputs.choice(f"{_PREFIX}SCENARIO", rules.SCENARIOS, "scenario")
     framework = inputs.choice(f"{_PREFIX}FRAMEWORK", FRAMEWORKS, "framework")
     if inputs.text(f"{_PREFIX}MODEL_PRECISION"):
-        from .quantize import PRECISIONS
+        from abtf_ssd.model.quantize import PRECISIONS
 
         precision = inputs.choice(f"{_PREFIX}MODEL_PRECISION", ("fp32", *PRECISIONS), "precision")
         if precision != "fp32" and framework != "onnxruntime":
@@ -432,8 +433,8 @@ def run_nothing_here(env: MutableMapping[str, Any]) -> None:
 
 def prepare_run(env: MutableMapping[str, Any], flags: Mapping[str, str]) -> RunRequest:
     """Check the request (:func:`check_request`), then set in ``env`` what the dependencies read."""
-    from .harness import RunOptions
-    from .sysinfo import MODEL_FORMAT_OF_FRAMEWORK, SUT_INFO_NAME
+    from abtf_ssd.loadgen.harness import RunOptions
+    from abtf_ssd.submission.sysinfo import MODEL_FORMAT_OF_FRAMEWORK, SUT_INFO_NAME
 
     request = check_request(env, flags)
     defaults = RunOptions(dataset_dir="")
@@ -469,7 +470,7 @@ def prepare_run(env: MutableMapping[str, Any], flags: Mapping[str, str]) -> RunR
             env[f"{_PREFIX}DO_TEST01"] = "yes"
     if request.docker is not None:
         # This machine fetches only what MLC_USE_*_FROM_HOST asks for; the rest runs in the container.
-        from .mlc_scripts import env_flag
+        from abtf_ssd.mlc.scripts import env_flag
 
         env[f"{_PREFIX}DOCKER_HOST"] = "yes"
         for what in ("MODEL", "DATASET"):

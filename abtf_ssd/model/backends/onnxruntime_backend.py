@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from abtf_ssd.backends import BackendError, ModelBackend, check_batch, parse_device
 from abtf_ssd.config import CONFIGS, SSDConfig, get_config
+from abtf_ssd.model.backends.base import BackendError, ModelBackend, check_batch, parse_device
 
 DEVICE_KINDS = ("cpu", "cuda", "tensorrt")
 _CPU = "CPUExecutionProvider"
@@ -71,7 +71,7 @@ def providers_for(device: str) -> list[tuple[str, dict[str, str]]]:
 def device_problem(device: str) -> str | None:
     """The execution providers ``device`` needs that this onnxruntime lacks, as a reason; or None.
 
-    Use :func:`abtf_ssd.backends.check_device`. Raises ValueError for a malformed device.
+    Use :func:`abtf_ssd.model.backends.check_device`. Raises ValueError for a malformed device.
     """
     available = ort.get_available_providers()
     missing = [name for name, _ in providers_for(device) if name not in available]

@@ -467,7 +467,7 @@ def find_r2_downloader(explicit: str | Path | None = None) -> str:
             return found
     raise DownloadError(
         "MLCommons R2 downloader not found on PATH: pass r2_downloader=<path>, or fetch it with "
-        f"abtf_ssd.download.install_r2_downloader(<dir>) (from {R2_DOWNLOADER_URL})"
+        f"abtf_ssd.data.download.install_r2_downloader(<dir>) (from {R2_DOWNLOADER_URL})"
     )
 
 

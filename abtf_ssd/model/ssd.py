@@ -1,6 +1,6 @@
 """SSD-ResNet50 of the MLPerf Automotive 2D detection benchmark, in plain PyTorch (no torchvision).
 
-Layout (state-dict names match the reference checkpoint, see ``data/ssd_state_dict_shapes.json``):
+Layout (state-dict names match the reference checkpoint, see ``assets/ssd_state_dict_shapes.json``):
 
 - ``feature_extractor.feature_extractor``: ResNet50 stem and layer1..layer3 as one
   ``nn.Sequential`` (children 0..6); layer3 keeps stride 1, so the trunk output has stride 8.
@@ -12,7 +12,7 @@ Layout (state-dict names match the reference checkpoint, see ``data/ssd_state_di
 ``forward`` returns ``(loc (N, 4, A), conf (N, num_classes, A))``: each map's head output
 ``(N, nd * 4, fh, fw)`` is reshaped to ``(N, 4, nd * fh * fw)`` exactly as the reference does,
 so anchor ``a`` of map k is default box ``a // (fh * fw)`` at row ``(a // fw) % fh``, column
-``a % fw`` - the order of :func:`abtf_ssd.boxes.default_boxes`.
+``a % fw`` - the order of :func:`abtf_ssd.model.boxes.default_boxes`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from abtf_ssd import ASSETS_DIR
 from abtf_ssd.config import SSDConfig, get_config
-from abtf_ssd.fileio import atomic_output
 
-DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo_ssd.pth"
-"""The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.train`)."""
+DEMO_WEIGHTS = ASSETS_DIR / "demo_ssd.pth"
+"""The committed demo-model checkpoint (trained on synthetic frames by :mod:`abtf_ssd.model.train`)."""
 
-ONNX_INPUT_NAME = "image"
-ONNX_OUTPUT_NAMES = ("bboxes", "scores")
-ONNX_OPSET = 18
 
 _RESNET_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 1))
 """(bottleneck width, blocks, stride of the first block) of layer1..layer3; layer3 keeps stride 1."""
@@ -315,31 +312,3 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     state = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     return model
-
-
-def export_onnx(model: SSDResNet50, path: str | os.PathLike[str], batch_size: int = 1) -> Path:
-    """Write the model as ONNX: input ``image`` (B, 3, H, W) float32, outputs ``bboxes``, ``scores``.
-
-    The batch axis is dynamic (``batch_size`` only sets the example). Uses the ``torch.export``
-    based exporter, which traces with fake tensors: no real forward even at 8 MP.
-    """
-    path = Path(path)
-    model = model.eval()
-    example = torch.zeros(batch_size, 3, *model.config.image_size)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        verbose=False,
-        input_names=[ONNX_INPUT_NAME],
-        output_names=list(ONNX_OUTPUT_NAMES),
-        dynamic_shapes={"images": {0: batch}},
-        opset_version=ONNX_OPSET,
-        external_data=False,
-        optimize=True,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as temp:
-        program.save(temp, external_data=False)
-    return path

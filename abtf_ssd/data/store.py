@@ -13,8 +13,8 @@ sample is at most touching its pages, and the page cache is shared by every proc
 
 Two ways in, one writer behind them (a :data:`SampleSource`, ``index -> (img, gt_boxes)``):
 :func:`convert_pickles_to_store` reads a pickle folder once with the safe loader
-:func:`abtf_ssd.preprocess.load_sample` (``abtf-ssd convert-store``), and :func:`preprocess_to_store`
-preprocesses raw frames with :func:`abtf_ssd.preprocess.preprocess_sample` straight into a store,
+:func:`abtf_ssd.data.preprocess.load_sample` (``abtf-ssd convert-store``), and :func:`preprocess_to_store`
+preprocesses raw frames with :func:`abtf_ssd.data.preprocess.preprocess_sample` straight into a store,
 without pickles (``abtf-ssd preprocess --store mmap``). Both give the same bytes for the same frames.
 A folder's store is ``<folder>/mmap`` (:func:`default_store_dir`); :func:`prepare_store` is what
 ``abtf-ssd run --store mmap`` calls: a store as it is, a pickle folder converted once.
@@ -46,9 +46,9 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 import numpy as np
 from tqdm import tqdm
 
-from abtf_ssd import preprocess
 from abtf_ssd.cognata import GT_COLUMNS
 from abtf_ssd.config import get_config
+from abtf_ssd.data import preprocess
 from abtf_ssd.fileio import atomic_output, atomic_write_json, exclusive_lock, fsync_path
 
 STORE_MANIFEST = "store.json"
@@ -527,7 +527,7 @@ class PickleSource:
 
 @dataclass(frozen=True)
 class FrameSource:
-    """Samples preprocessed from raw frames by :func:`abtf_ssd.preprocess.preprocess_sample`, the step
+    """Samples preprocessed from raw frames by :func:`abtf_ssd.data.preprocess.preprocess_sample`, the step
     ``build_preprocessed`` pickles: the same bytes, without the pickle."""
 
     raw_root: str
@@ -610,7 +610,7 @@ def preprocess_to_store(
 ) -> Path:
     """Preprocess the first ``count`` frames of a split straight into a store, ``<out_dir>/mmap``.
 
-    The arguments are :func:`abtf_ssd.preprocess.build_preprocessed`'s, and so is every sample: the
+    The arguments are :func:`abtf_ssd.data.preprocess.build_preprocessed`'s, and so is every sample: the
     store's images and ground truth are byte for byte those of converting the pickles it would write,
     without the pickles on disk. Resumable and atomic like :func:`convert_pickles_to_store`.
 

@@ -8,7 +8,7 @@ importing a framework, so a malformed plan is refused at once.
 
 Each planned run (a system's scenario) is a few LoadGen runs, its *steps*: find-performance (valid
 mode without a ``latency_ms``), performance, accuracy and, for the closed division, TEST01. A step
-writes the harness's folder (:func:`abtf_ssd.harness.output_dir`) and, last and atomically,
+writes the harness's folder (:func:`abtf_ssd.loadgen.harness.output_dir`) and, last and atomically,
 :data:`MARKER_NAME` with its identity (round, scenario, mode, framework, device, model sha256, dataset
 identity, LoadGen kind, settings). A rerun skips a step whose marker matches and that finished VALID
 (or finished at all in test mode); a changed model changes only its own steps' identity; an
@@ -22,7 +22,7 @@ Output folder::
     <output>/summary.json                            the last run's summary (tarball sha256, verdicts)
 
 :func:`estimate` needs no run: query counts and minimum durations come from
-:func:`abtf_ssd.rules.get_round`, the latency from ``--latency-ms``, the plan, a cached
+:func:`abtf_ssd.loadgen.rules.get_round`, the latency from ``--latency-ms``, the plan, a cached
 find-performance result or a finished performance run. :func:`plan_status` reads only the disk.
 """
 
@@ -45,12 +45,18 @@ from typing import Any, TextIO
 
 import yaml
 
-from abtf_ssd import rules
-from abtf_ssd.checker import DETAIL_LOG, DIVISIONS, OPTIONAL_SCENARIOS, REQUIRED_SCENARIOS, STATUSES
 from abtf_ssd.cognata import SPLIT_PREFIXES, official_split, read_split
-from abtf_ssd.download import TOOLS
+from abtf_ssd.data.download import TOOLS
 from abtf_ssd.fileio import atomic_write_json, exclusive_lock
-from abtf_ssd.harness import COMPLIANCE_TEST, RESULTS_JSON, RunOptions, output_dir
+from abtf_ssd.loadgen import rules
+from abtf_ssd.loadgen.harness import COMPLIANCE_TEST, RESULTS_JSON, RunOptions, output_dir
+from abtf_ssd.submission.checker import (
+    DETAIL_LOG,
+    DIVISIONS,
+    OPTIONAL_SCENARIOS,
+    REQUIRED_SCENARIOS,
+    STATUSES,
+)
 
 MARKER_NAME = "plan-run.json"
 """Written last, atomically, into a finished step's folder: the step's identity and outcome."""
@@ -279,7 +285,7 @@ def load_plan(path: str | Path, output: str | Path | None = None) -> Plan:
     round_name = read.choice(plan["round"], "round", tuple(rules.ROUNDS))
     division = read.choice(plan["division"], "division", DIVISIONS)
     submitter = read.name(plan["submitter"], "submitter")
-    from abtf_ssd.submission import DEFAULT_STATUS
+    from abtf_ssd.submission.tree import DEFAULT_STATUS
 
     status = read.choice(plan.get("status", DEFAULT_STATUS), "status", STATUSES)
     execution_mode = read.choice(plan.get("execution_mode", "valid"), "execution_mode", rules.EXECUTION_MODES)
@@ -348,7 +354,7 @@ def _read_system(
 
 def _read_runs(read: _Reader, value: Any, key: str, execution_mode: str) -> list[PlannedRun]:
     """The runs of one entry (framework x device x scenarios); their system is set by the caller."""
-    from abtf_ssd.backends import FRAMEWORKS
+    from abtf_ssd.model.backends import FRAMEWORKS
 
     entry = read.mapping(value, key, RUN_KEYS)
     for required in ("framework", "device", "scenarios", "source"):
@@ -407,7 +413,7 @@ def _read_source(read: _Reader, value: Any, key: str) -> Source:
                 raise read.fail(f"{key}.{required}", "missing; a local source needs model and dataset")
         model_value = source["model"]
         if isinstance(model_value, dict):
-            from abtf_ssd.backends import FRAMEWORKS
+            from abtf_ssd.model.backends import FRAMEWORKS
 
             model: Path | dict[str, Path] = {
                 read.choice(framework, f"{key}.model", FRAMEWORKS): read.path(
@@ -456,14 +462,14 @@ def _synthetic_folder(plan: Plan, source: Source) -> Path:
 
 
 def _generate_default(name: str) -> Any:
-    """A default of :func:`abtf_ssd.synth.generate` (the synthetic set's own, stated there only)."""
-    from abtf_ssd import synth
+    """A default of :func:`abtf_ssd.data.synth.generate` (the synthetic set's own, stated there only)."""
+    from abtf_ssd.data import synth
 
     return inspect.signature(synth.generate).parameters[name].default
 
 
 def _model_suffix(framework: str) -> str:
-    from abtf_ssd.sysinfo import MODEL_SUFFIXES
+    from abtf_ssd.submission.sysinfo import MODEL_SUFFIXES
 
     return MODEL_SUFFIXES[framework][0]
 
@@ -472,7 +478,7 @@ def resolve_source(plan: Plan, run: PlannedRun, build: bool) -> Resolved | None:
     """The model and dataset of ``run``; ``build`` makes or downloads them (each resumes), else
     None when they are not there yet."""
     from abtf_ssd.config import BENCHMARK_CONFIG, DEMO_CONFIG
-    from abtf_ssd.sysinfo import MODEL_FORMAT_OF_FRAMEWORK
+    from abtf_ssd.submission.sysinfo import MODEL_FORMAT_OF_FRAMEWORK
 
     source = run.source
     if source.kind == "local":
@@ -484,14 +490,14 @@ def resolve_source(plan: Plan, run: PlannedRun, build: bool) -> Resolved | None:
         dataset = folder / "val"
         model = folder / f"ssd_demo{_model_suffix(run.framework)}"
         if not build:
-            from abtf_ssd.preprocess import read_manifest
+            from abtf_ssd.data.preprocess import read_manifest
 
             ready = dataset.is_dir() and read_manifest(dataset) is not None and model.is_file()
             return Resolved(model, dataset, DEMO_CONFIG) if ready else None
         _build_synthetic(source, folder, dataset)
         if not model.is_file():
-            from abtf_ssd.cli import export_model
-            from abtf_ssd.model import DEMO_WEIGHTS
+            from abtf_ssd.model.export import export_model
+            from abtf_ssd.model.ssd import DEMO_WEIGHTS
 
             export_model(
                 DEMO_CONFIG,
@@ -507,7 +513,7 @@ def resolve_source(plan: Plan, run: PlannedRun, build: bool) -> Resolved | None:
             return None
         paths = json.loads(record.read_text(encoding="utf-8"))
         return Resolved(Path(paths["model"]), Path(paths["dataset"]), BENCHMARK_CONFIG)
-    from abtf_ssd import download
+    from abtf_ssd.data import download
 
     interactive = sys.stdin.isatty()
     dataset = download.fetch_dataset(
@@ -524,8 +530,8 @@ def resolve_source(plan: Plan, run: PlannedRun, build: bool) -> Resolved | None:
 
 def _build_synthetic(source: Source, folder: Path, dataset: Path) -> None:
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.preprocess import build_preprocessed, read_manifest
-    from abtf_ssd.synth import SPLIT_FILES, generate
+    from abtf_ssd.data.preprocess import build_preprocessed, read_manifest
+    from abtf_ssd.data.synth import SPLIT_FILES, generate
 
     if dataset.is_dir() and read_manifest(dataset) is not None:
         return
@@ -554,7 +560,7 @@ _SHA256_OF: dict[tuple[str, int, int], str] = {}
 def sha256_of(path: Path) -> str:
     """sha256 of a file, remembered for this process while its size and mtime stay the same (a
     plan hashes the same model before each of its runs)."""
-    from abtf_ssd.checker import sha256_file
+    from abtf_ssd.submission.checker import sha256_file
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -566,9 +572,9 @@ def sha256_of(path: Path) -> str:
 def dataset_identity(dataset: Path) -> dict[str, Any]:
     """What the samples are, without reading 600 GB: the manifest's hash where preprocessing or a
     store conversion wrote one, else (an official download) the folder, its sample count and bytes."""
-    from abtf_ssd.accuracy import count_samples
-    from abtf_ssd.preprocess import MANIFEST_NAME
-    from abtf_ssd.store import STORE_MANIFEST
+    from abtf_ssd.data.metric import count_samples
+    from abtf_ssd.data.preprocess import MANIFEST_NAME
+    from abtf_ssd.data.store import STORE_MANIFEST
 
     count = count_samples(dataset)
     for name in (MANIFEST_NAME, STORE_MANIFEST):
@@ -620,7 +626,7 @@ def step_folder(plan: Plan, step: Step) -> Path:
 
 def step_identity(plan: Plan, step: Step, resolved: Resolved, loadgen_kind: str) -> dict[str, Any]:
     """Everything that makes a step's result what it is; a finished step with the same identity is kept."""
-    from abtf_ssd.harness import stored_expected_latency, stored_target_qps
+    from abtf_ssd.loadgen.harness import stored_expected_latency, stored_target_qps
 
     run = step.run
     options = run_options(plan, step, resolved)
@@ -713,7 +719,7 @@ def dataset_samples(plan: Plan, run: PlannedRun) -> int:
     if run.source.kind == "synthetic":
         return run.source.frames if run.source.frames is not None else _generate_default("frames")
     if run.source.kind == "local" and run.source.dataset is not None and run.source.dataset.is_dir():
-        from abtf_ssd.accuracy import count_samples
+        from abtf_ssd.data.metric import count_samples
 
         return count_samples(run.source.dataset)
     return len(read_split(official_split("validation")))
@@ -726,7 +732,7 @@ def run_latency(plan: Plan, run: PlannedRun, latency_ms: float | None = None) ->
         return Latency(latency_ms, "--latency-ms")
     if run.latency_ms is not None:
         return Latency(run.latency_ms, "plan latency_ms")
-    from abtf_ssd.harness import stored_expected_latency
+    from abtf_ssd.loadgen.harness import stored_expected_latency
 
     stored = _stored(plan, run, stored_expected_latency)
     if stored is not None:
@@ -757,7 +763,7 @@ def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -
     """The rate a ConstantStream run issues queries at: the plan's ``target_qps``, else the one a
     find-performance run stored, else the one find-performance will find at ``latency_ms`` (valid
     mode: the highest rate within the round's latency bound), else the round's."""
-    from abtf_ssd.harness import stored_target_qps
+    from abtf_ssd.loadgen.harness import stored_target_qps
 
     constant = rules.get_round(plan.round).constant_stream
     if run.target_qps is not None:
@@ -998,8 +1004,8 @@ def preflight(plan: Plan, max_hours: float | None = None, latency_ms: float | No
 
     Returns the LoadGen kind installed (``automotive`` | ``inference``).
     """
-    from abtf_ssd.loadgen_build import installed_loadgen_kind
-    from abtf_ssd.sysinfo import run_problem
+    from abtf_ssd.loadgen.build import installed_loadgen_kind
+    from abtf_ssd.submission.sysinfo import run_problem
 
     if max_hours is not None:
         left = [s for s in plan_steps(plan) if not _step_done_on_disk(plan, s)]
@@ -1061,12 +1067,12 @@ def run_plan(
 
     Raises:
         PlanError: the plan cannot run here, or is estimated over ``max_hours`` (nothing written).
-        abtf_ssd.harness.RunInterrupted: CTRL-C (exit status 130); finished steps are kept.
+        abtf_ssd.loadgen.harness.RunInterrupted: CTRL-C (exit status 130); finished steps are kept.
     """
     stream = stream or sys.stdout
     loadgen_kind = preflight(plan, max_hours, latency_ms)
     if official_tools is not None:
-        from abtf_ssd.official import check_tools
+        from abtf_ssd.submission.official import check_tools
 
         official_tools = check_tools(official_tools)  # refused before anything runs
     plan.output.mkdir(parents=True, exist_ok=True)
@@ -1075,7 +1081,7 @@ def run_plan(
         return PlanError(f"{plan.output}: another plan runner is using this folder")
 
     with exclusive_lock(plan.output / LOCK_NAME, busy):
-        from abtf_ssd.submission import tarball_path
+        from abtf_ssd.submission.tree import tarball_path
 
         # The tarball of an earlier run stands for earlier results: made again only once all passes.
         tarball_path(plan.submission_dir).unlink(missing_ok=True)
@@ -1091,7 +1097,7 @@ def run_plan(
             )
             if isinstance(stop, SystemExit):
                 raise
-            from abtf_ssd.harness import EXIT_INTERRUPTED
+            from abtf_ssd.loadgen.harness import EXIT_INTERRUPTED
 
             raise SystemExit(EXIT_INTERRUPTED) from None
         if outcome.failed:
@@ -1116,9 +1122,9 @@ def _run_steps(
     stream: TextIO,
     progress_interval_s: float | None,
 ) -> None:
-    from abtf_ssd.backends import create_backend
-    from abtf_ssd.harness import RunFailedError, run_benchmark
-    from abtf_ssd.sysinfo import SUT_INFO_NAME, write_sut_info
+    from abtf_ssd.loadgen.harness import RunFailedError, run_benchmark
+    from abtf_ssd.model.backends import create_backend
+    from abtf_ssd.submission.sysinfo import SUT_INFO_NAME, write_sut_info
 
     steps = plan_steps(plan)
     with Progress(len(steps), 0, stream, progress_interval_s) as progress:
@@ -1198,8 +1204,13 @@ def _run_steps(
 
 def _finish(plan: Plan, outcome: PlanOutcome, official_tools: str | Path | None, stream: TextIO) -> None:
     """The submission tree for every system, our checker, the official one if given, the tarball."""
-    from abtf_ssd import checker
-    from abtf_ssd.submission import SubmissionCheckError, SubmissionError, generate_submission, make_tarball
+    from abtf_ssd.submission.tree import (
+        SubmissionCheckError,
+        SubmissionError,
+        checker,
+        generate_submission,
+        make_tarball,
+    )
 
     staging = plan.output / ".submission-new"
     shutil.rmtree(staging, ignore_errors=True)
@@ -1245,7 +1256,7 @@ def _finish(plan: Plan, outcome: PlanOutcome, official_tools: str | Path | None,
 
 def _official_check(plan: Plan, tools: Path) -> tuple[bool, str]:
     """The round's official submission checker on the tree: (passed, what it said in a line)."""
-    from abtf_ssd.official import run_submission_checker
+    from abtf_ssd.submission.official import run_submission_checker
 
     verdict = run_submission_checker(tools, plan.submission_dir, plan.round)
     if verdict.passed:
@@ -1274,8 +1285,8 @@ def summary_rows(plan: Plan, checker_errors: list[str]) -> list[RowSummary]:
 
 def _metric(plan: Plan, run: PlannedRun) -> str | None:
     """The metric the round reports for the run's scenario, read from its performance detail log."""
-    from abtf_ssd.checker import read_detail
-    from abtf_ssd.report import LogFormatError, format_metric
+    from abtf_ssd.loadgen.report import LogFormatError, format_metric
+    from abtf_ssd.submission.checker import read_detail
 
     key = rules.get_round(plan.round).metric(run.scenario)
     try:
@@ -1355,7 +1366,7 @@ class StepStatus:
 
 def plan_status(plan: Plan) -> list[StepStatus]:
     """What the disk says of each step; reads files only (model hashes included), runs nothing."""
-    from abtf_ssd.loadgen_build import installed_loadgen_kind
+    from abtf_ssd.loadgen.build import installed_loadgen_kind
 
     kind = installed_loadgen_kind()
     statuses = []

@@ -180,7 +180,7 @@ def _invalid_reasons(values: dict[str, object]) -> list[str]:
 
 
 def format_metric(key: str, value: object) -> str:
-    """A reported metric (a detail-log key of :data:`abtf_ssd.rules.METRIC_LABELS`) with its unit."""
+    """A reported metric (a detail-log key of :data:`abtf_ssd.loadgen.rules.METRIC_LABELS`) with its unit."""
     number = float(value)  # type: ignore[arg-type]
     return f"{number:.3f} samples/s" if key.endswith("_per_sec") else f"{number / 1e6:.3f} ms"
 
@@ -226,7 +226,7 @@ def summarize_run(
         summary.result = str(values["result_validity"])
         summary.invalid_reasons = _invalid_reasons(values)
         if round is not None:
-            from abtf_ssd.rules import get_round
+            from abtf_ssd.loadgen.rules import get_round
 
             key = get_round(round).metric(str(values.get("effective_scenario", scenario)).replace(" ", ""))
             if mode != "find-performance" and values.get(key):  # 0: too few queries for an estimate

@@ -37,15 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from .fileio import atomic_write_text
+from abtf_ssd import __version__
+from abtf_ssd.fileio import atomic_write_text
 
 DEVICES = ("cpu", "cuda")
 DOCKER = "docker"
 IMAGE_NAME = "abtf-ssd"
 PYPI_LOADGEN = "mlcommons-loadgen"
 """PyPI's LoadGen distribution: the inference LoadGen, without ConstantStream."""
-BUNDLE_ROOT = Path(__file__).resolve().parent.parent
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
 # Where the host folders appear inside the container.
 CONTAINER_DATASET = "/mnt/abtf-ssd/dataset"
@@ -593,7 +593,7 @@ def image_device(device: str) -> str:
 
     A ValueError for any other device (the CUDA image has no TensorRT).
     """
-    from .backends import normalize_device
+    from abtf_ssd.model.backends import normalize_device
 
     kind = normalize_device(device).partition(":")[0]
     if kind not in DEVICES:

@@ -59,9 +59,9 @@ STORE_ENV = "MLC_ABTF_DATASET_STORE"
 
 
 def env_store_kind(env: Mapping[str, Any]) -> str:
-    """``--store``: one of :data:`abtf_ssd.store.STORE_KINDS`, the first (pickle) when unset; a
+    """``--store``: one of :data:`abtf_ssd.data.store.STORE_KINDS`, the first (pickle) when unset; a
     ValueError for any other value."""
-    from abtf_ssd.store import STORE_KINDS, check_store_kind
+    from abtf_ssd.data.store import STORE_KINDS, check_store_kind
 
     return check_store_kind(env.get(STORE_ENV) or STORE_KINDS[0])
 

@@ -1,6 +1,6 @@
 """Turn harness results into an MLPerf Automotive submission tree that the checker accepts.
 
-Input, as written by :mod:`abtf_ssd.harness` (one folder per scenario)::
+Input, as written by :mod:`abtf_ssd.loadgen.harness` (one folder per scenario)::
 
     <results_dir>/<system>/ssd/<scenario>/
       performance/run_1/   mlperf_log_summary.txt mlperf_log_detail.txt user.conf [results.json ...]
@@ -9,7 +9,7 @@ Input, as written by :mod:`abtf_ssd.harness` (one folder per scenario)::
     <results_dir>/<system>/mlc-sut-info.json (or <results_dir>/mlc-sut-info.json): the system
 
 Output: ``<submission_dir>/<division>/<submitter>/`` in the layout of the round's official
-checker (:data:`abtf_ssd.checker.LAYOUTS`: v1.0 ``{systems, src/ssd, results}``, v0.5 ``{systems,
+checker (:data:`abtf_ssd.submission.checker.LAYOUTS`: v1.0 ``{systems, src/ssd, results}``, v0.5 ``{systems,
 code/ssd/<implementation>, measurements, results, compliance}``). The accuracy log is truncated
 the way the upstream truncation tool does it (first and last 4096 bytes around
 ``"\\n\\n...\\n\\n"``) when it is over 10 KiB, and ``hash=<sha256 of the original log>`` is appended
@@ -17,10 +17,10 @@ to accuracy.txt. For the closed division, TEST01 is verified here: performance (
 estimates within 10 %, 20 % at or under 200 us) and accuracy (each compliance-log response equals
 the accuracy run's response for that ``qsl_idx``); with ``official_tools`` (an unpacked
 mlperf_automotive checkout) the round's own TEST01 scripts verify it instead
-(:func:`abtf_ssd.official.verify_test01`). A closed-division result needs the automotive LoadGen;
+(:func:`abtf_ssd.submission.official.verify_test01`). A closed-division result needs the automotive LoadGen;
 logs of the PyPI inference LoadGen are refused for it
-(:func:`abtf_ssd.checker.is_automotive_loadgen`) and accepted, with a note, for the open division.
-The finished tree is checked with :func:`abtf_ssd.checker.run_checks`.
+(:func:`abtf_ssd.submission.checker.is_automotive_loadgen`) and accepted, with a note, for the open division.
+The finished tree is checked with :func:`abtf_ssd.submission.checker.run_checks`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import abtf_ssd
-from abtf_ssd import checker
-from abtf_ssd.checker import (
+from abtf_ssd.fileio import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from abtf_ssd.loadgen.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
+from abtf_ssd.loadgen.report import LogFormatError
+from abtf_ssd.loadgen.rules import AUTOMOTIVE_LOADGEN_HINT, METRIC_LABELS, MODEL_NAME, get_round
+from abtf_ssd.submission import checker
+from abtf_ssd.submission.checker import (
     ACCURACY_LOG,
     ACCURACY_TXT,
     DEFAULT_IMPLEMENTATION,
@@ -62,11 +66,7 @@ from abtf_ssd.checker import (
     read_map,
     sha256_file,
 )
-from abtf_ssd.fileio import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
-from abtf_ssd.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
-from abtf_ssd.report import LogFormatError
-from abtf_ssd.rules import AUTOMOTIVE_LOADGEN_HINT, METRIC_LABELS, MODEL_NAME, get_round
-from abtf_ssd.sysinfo import SUT_INFO_NAME
+from abtf_ssd.submission.sysinfo import SUT_INFO_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def system_description(
 ) -> tuple[dict[str, str], list[str]]:
     """The 35 fields of ``systems/<system>.json`` and the names of those nothing described.
 
-    Fields come from ``sut_info`` (:func:`abtf_ssd.sysinfo.collect` uses the same names); the
+    Fields come from ``sut_info`` (:func:`abtf_ssd.submission.sysinfo.collect` uses the same names); the
     user's submitter, division, system name and status win; ``system_type`` is always "adas".
     The framework falls back to the run's results.json, ``sw_notes`` to the Python version and
     device of the description. Fields still unknown become "N/A" (and are returned).
@@ -280,7 +280,7 @@ def _reduced_precision_note(run_info: dict[str, Any]) -> str | None:
     model = run_info.get("model_path")
     if not model or not Path(str(model)).is_file():
         return None
-    from abtf_ssd.quantize import model_data_types
+    from abtf_ssd.model.quantize import model_data_types
 
     types = model_data_types(Path(str(model)))
     if types.weights == "fp32" and types.activations == "fp32":
@@ -290,8 +290,8 @@ def _reduced_precision_note(run_info: dict[str, Any]) -> str | None:
 
 def model_measurements(model: Path) -> dict[str, str]:
     """What the model file says of itself: its data types, and for a reduced-precision model made by
-    :mod:`abtf_ssd.quantize` the transformation and the FP32 weights it started from."""
-    from abtf_ssd.quantize import model_data_types, precision_record
+    :mod:`abtf_ssd.model.quantize` the transformation and the FP32 weights it started from."""
+    from abtf_ssd.model.quantize import model_data_types, precision_record
 
     types = model_data_types(model)
     values = {"weight_data_types": types.weights, "input_data_types": types.inputs}
@@ -506,7 +506,8 @@ def _dataset_dir(dataset_dir: str | Path | None, runs: ScenarioRuns) -> Path | N
 
 def _subset_map(log: Path, indices: list[int] | None, dataset: Path) -> float:
     """mAP of the responses in ``log`` (only ``indices`` when given), as accuracy.txt reports it."""
-    from abtf_ssd.accuracy import compute_map, count_samples, read_accuracy_log
+    from abtf_ssd.data.metric import compute_map, count_samples
+    from abtf_ssd.loadgen.accuracy import read_accuracy_log
 
     detections = read_accuracy_log(log, sample_count=count_samples(dataset))
     if indices is not None:
@@ -523,7 +524,8 @@ def write_test01(
 ) -> tuple[bool, bool]:
     """TEST01/ of one scenario; returns (performance passed, accuracy responses identical).
 
-    ``official_tools``: verify with the round's compliance scripts (:func:`abtf_ssd.official.verify_test01`)
+    ``official_tools``: verify with the round's compliance scripts
+    (:func:`abtf_ssd.submission.official.verify_test01`)
     instead of this module's verification.
     """
     assert runs.test01 is not None
@@ -536,7 +538,7 @@ def write_test01(
         _copy_atomic(runs.test01 / name, run_dir / name)
     accuracy, indices = verify_test01_accuracy(runs.accuracy / ACCURACY_LOG, test_log)
     if official_tools is not None:
-        from abtf_ssd.official import verify_test01
+        from abtf_ssd.submission.official import verify_test01
 
         performance_passed, accuracy_passed = verify_test01(
             official_tools, runs.performance, runs.accuracy / ACCURACY_LOG, runs.test01, destination
@@ -779,7 +781,7 @@ def _write_scenario(
         perf_ok, acc_ok = write_test01(
             runs, target.compliance(runs.name) / COMPLIANCE_TEST, allow_test_mode, dataset, official_tools
         )
-        verifier = "the round's official compliance scripts" if official_tools else "abtf_ssd.submission"
+        verifier = "the round's official compliance scripts" if official_tools else "abtf_ssd.submission.tree"
         notes.append(
             f"TEST01 (verified by {verifier}): performance {'passed' if perf_ok else 'FAILED'}; responses "
             f"{'identical to' if acc_ok else 'differ from'} the accuracy run."
@@ -831,8 +833,8 @@ def generate_submission(
         code_dir: the code that produced the results, copied into the round's code folder.
         tar: also write ``<submission_dir>.tar.gz`` (:func:`tarball_path`).
         allow_test_mode: check with the test-mode relaxations
-            (:data:`abtf_ssd.checker.TEST_MODE_RELAXED_RULES`).
-        version: the round; it decides the layout (:data:`abtf_ssd.checker.LAYOUTS`) and the rules.
+            (:data:`abtf_ssd.submission.checker.TEST_MODE_RELAXED_RULES`).
+        version: the round; it decides the layout (:data:`abtf_ssd.submission.checker.LAYOUTS`) and the rules.
         measurement_overrides: values for the measurements JSON (e.g. ``weight_data_types``).
         dataset_dir: preprocessed dataset, only needed when TEST01 responses differ from the
             accuracy run (default: the ``dataset_dir`` in the runs' results.json).
@@ -859,7 +861,7 @@ def generate_submission(
     tree = checker.layout(version)
     tools = None
     if official_tools is not None:
-        from abtf_ssd.official import check_tools
+        from abtf_ssd.submission.official import check_tools
 
         tools = check_tools(official_tools)
     if not results_dir.is_dir():

@@ -6,7 +6,7 @@ versions of the software in the measurement path, using field names of the submi
 (:func:`sut_info_path`: in the results folder of the system).
 Everything is read from ``/proc``, ``/sys``, ``platform`` and the installed packages; a value that
 cannot be found is ``""`` rather than a guess. :func:`run_problem` says, before any download,
-why a run cannot work here (the device through :func:`abtf_ssd.backends.check_device`, the
+why a run cannot work here (the device through :func:`abtf_ssd.model.backends.check_device`, the
 model file's format).
 """
 
@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from abtf_ssd.backends import FRAMEWORK_PACKAGES, check_device
 from abtf_ssd.fileio import atomic_write_json
+from abtf_ssd.model.backends import FRAMEWORK_PACKAGES, check_device
 
 SUT_INFO_NAME = "mlc-sut-info.json"
 
@@ -163,7 +163,7 @@ def model_problem(framework: str, model_path: str | None) -> str | None:
 def run_problem(framework: str, device: str, model_path: str | None = None) -> str | None:
     """Why a run of ``framework`` on ``device`` (with the model file ``model_path``) cannot work here.
 
-    Checked before anything is downloaded: the device (:func:`abtf_ssd.backends.check_device`) and
+    Checked before anything is downloaded: the device (:func:`abtf_ssd.model.backends.check_device`) and
     whether the model file is in the framework's format (:func:`model_problem`).
     """
     return check_device(framework, device) or model_problem(framework, model_path)
@@ -196,7 +196,7 @@ def collect(framework: str | None = None, device: str = "cpu", storage_path: str
 def sut_info_path(results_dir: str | os.PathLike[str] | None = None, system_name: str | None = None) -> Path:
     """Where a run's results keep the description: ``<results_dir>/<system_name>/mlc-sut-info.json``
     (absolute), with the harness's defaults (``results``, ``default``) for what is not given."""
-    from abtf_ssd.harness import RunOptions
+    from abtf_ssd.loadgen.harness import RunOptions
 
     defaults = RunOptions(dataset_dir="")
     folder = Path(results_dir or defaults.results_dir).absolute()
