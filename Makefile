@@ -1,5 +1,6 @@
 # make demo   - venv, install, register the MLC scripts, run the synthetic end-to-end benchmark
-# make test   - install (fast when done), then the test suite
+# make test   - install (fast when done), the docs build (strict), then the test suite
+# make docs   - the documentation site (mkdocs.yml, docs/) built with --strict into .site/
 # make bench  - every benchmark in bench/, report in bench/REPORT.md
 # make lint   - ruff check and format check
 # make valid-closed - one full valid closed run on the automotive LoadGen, officially checked (> 20 min)
@@ -18,13 +19,18 @@ INSTALLED := $(VENV)/.abtf-installed
 DEMO_TAGS := run-abtf-inference,reference,_v0.5,_synthetic,_performance-and-accuracy
 DEMO_ARGS := --model=ssd --device=cpu --framework=onnxruntime --scenario=SingleStream --quiet
 
-.PHONY: demo test install register bench lint format clean-mlc valid-closed
+.PHONY: demo test docs install register bench lint format clean-mlc valid-closed
 
 demo: register
 	$(BIN)/mlcr $(DEMO_TAGS) $(DEMO_ARGS)
 
-test: install
+test: install docs
 	$(BIN)/python -m pytest
+
+# Any warning (a broken link or #anchor, a page missing from the nav) fails the build.
+SITE_DIR ?= .site
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir "$(SITE_DIR)"
 
 install: $(INSTALLED)
 
@@ -33,7 +39,7 @@ $(BIN)/python:
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,docs]'
 	touch $@
 
 # `mlc add repo` fails on a path that is already registered, so look first. It runs inside

@@ -3,7 +3,7 @@
     abtf-ssd synth | preprocess | convert-store | export-onnx | train | run | accuracy | show | sysinfo
 
 Each subcommand maps its options onto one library function (``--store mmap`` picks the
-memory-mapped store's function: :mod:`abtf_ssd.data.store`). Options left out are not passed at
+memory-mapped store's function: :mod:`abtf_ssd.data.store_writer`). Options left out are not passed at
 all, so the library's own defaults apply and are stated only there. Errors the library raises for
 bad input (``ValueError``, ``OSError``, ``RuntimeError``) are printed as one line and exit 1; so is a
 ``run`` in which queries failed, after its results table.
@@ -41,7 +41,7 @@ def _synth(**options: Any) -> None:
 
 def _preprocess(split: str | None = None, store: str = "pickle", **options: Any) -> None:
     from abtf_ssd.data.preprocess import build_preprocessed
-    from abtf_ssd.data.store import preprocess_to_store
+    from abtf_ssd.data.store_writer import preprocess_to_store
 
     if split is not None:
         options["split_csv"] = official_split(split)
@@ -49,7 +49,8 @@ def _preprocess(split: str | None = None, store: str = "pickle", **options: Any)
 
 
 def _convert_store(pickle_dir: str, store_dir: str | None = None, **options: Any) -> None:
-    from abtf_ssd.data.store import StoreNotWritableError, convert_pickles_to_store, default_store_dir
+    from abtf_ssd.data.store import default_store_dir
+    from abtf_ssd.data.store_writer import StoreNotWritableError, convert_pickles_to_store
 
     out = store_dir if store_dir is not None else default_store_dir(pickle_dir)
     try:
@@ -75,7 +76,7 @@ def _run(store: str = "pickle", **options: Any) -> None:
     from abtf_ssd.loadgen.harness import RunOptions, run
 
     if store == "mmap":
-        from abtf_ssd.data.store import prepare_store
+        from abtf_ssd.data.store_writer import prepare_store
 
         prefix = options.get("dataset_prefix", RunOptions.dataset_prefix)
         options["dataset_dir"] = str(prepare_store(options["dataset_dir"], prefix))
@@ -100,7 +101,7 @@ def _show(**options: Any) -> None:
 
 
 def _plan(**options: Any) -> None:
-    from abtf_ssd.submission.plan import main_action
+    from abtf_ssd.submission.plan.cli import main_action
 
     main_action(**options)
 
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--prefix", "prefix", "sample file prefix")
     p.set_defaults(handler=_show)
 
-    from abtf_ssd.submission.plan import ACTIONS
+    from abtf_ssd.submission.plan.cli import ACTIONS
 
     p = sub.add_parser("plan", help="run a submission plan (automation/plans/*.yaml), its status or estimate")
     p.add_argument("action", choices=ACTIONS, help="run | status | estimate")

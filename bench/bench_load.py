@@ -30,7 +30,8 @@ import numpy as np
 
 from abtf_ssd.config import BENCHMARK_CONFIG, get_config
 from abtf_ssd.data import preprocess
-from abtf_ssd.data.store import SampleStore, convert_pickles_to_store, open_dataset
+from abtf_ssd.data.store import SampleStore, open_dataset
+from abtf_ssd.data.store_writer import convert_pickles_to_store
 from abtf_ssd.loadgen import rules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

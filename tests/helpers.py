@@ -46,15 +46,15 @@ def val_sample_names(folder: Path) -> list[str]:
 
 
 def store_kill_script(call: str) -> str:
-    """Python source that runs ``call`` (with ``abtf_ssd.data.store`` imported as ``store`` and the command
-    line in ``sys.argv``) and SIGKILLs itself when the store is about to commit sample 5: that
-    sample's bytes are on disk, the state that counts it in is not."""
+    """Python source that runs ``call`` (with ``abtf_ssd.data.store_writer`` imported as ``store_writer``
+    and the command line in ``sys.argv``) and SIGKILLs itself when the store is about to commit
+    sample 5: that sample's bytes are on disk, the state that counts it in is not."""
     return f"""
 import os, signal, sys
 
-from abtf_ssd.data import store
+from abtf_ssd.data import store_writer
 
-real_write_json = store._write_json
+real_write_json = store_writer._write_json
 
 
 def write_or_die(path, data):
@@ -63,7 +63,7 @@ def write_or_die(path, data):
     real_write_json(path, data)
 
 
-store._write_json = write_or_die
+store_writer._write_json = write_or_die
 {call}
 """
 

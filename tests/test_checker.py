@@ -28,7 +28,7 @@ from test_submission import (
 )
 
 from abtf_ssd.loadgen import rules
-from abtf_ssd.submission import checker
+from abtf_ssd.submission import checker, layout, logs
 
 
 @pytest.fixture(scope="session", params=ROUNDS)
@@ -68,7 +68,7 @@ def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
 
 
 def _perf_detail(tree: TreePaths) -> Path:
-    return tree.results / "performance" / "run_1" / checker.DETAIL_LOG
+    return tree.results / "performance" / "run_1" / layout.DETAIL_LOG
 
 
 def _wrong_seed(tree: TreePaths) -> Path:
@@ -105,8 +105,8 @@ def _dot_file(tree: TreePaths) -> Path:
 
 
 def _accuracy_log_too_big(tree: TreePaths) -> Path:
-    path = tree.results / "accuracy" / checker.ACCURACY_LOG
-    path.write_text(path.read_text() + " " * checker.MAX_ACCURACY_LOG_BYTES)
+    path = tree.results / "accuracy" / layout.ACCURACY_LOG
+    path.write_text(path.read_text() + " " * layout.MAX_ACCURACY_LOG_BYTES)
     return path
 
 
@@ -152,7 +152,7 @@ def _big_file(tree: TreePaths) -> Path:
 
 
 def _hash_missing(tree: TreePaths) -> Path:
-    path = tree.results / "accuracy" / checker.ACCURACY_TXT
+    path = tree.results / "accuracy" / layout.ACCURACY_TXT
     path.write_text(
         "".join(line for line in path.read_text().splitlines(True) if not line.startswith("hash="))
     )
@@ -161,10 +161,10 @@ def _hash_missing(tree: TreePaths) -> Path:
 
 def _accuracy_log_not_the_hashed_one(tree: TreePaths) -> Path:
     # A log small enough to stay whole must hash to the recorded value.
-    (tree.results / "accuracy" / checker.ACCURACY_LOG).write_text(
+    (tree.results / "accuracy" / layout.ACCURACY_LOG).write_text(
         '[\n{ "seq_id" : 0, "qsl_idx" : 0, "data" : "" }\n]\n'
     )
-    return tree.results / "accuracy" / checker.ACCURACY_TXT
+    return tree.results / "accuracy" / layout.ACCURACY_TXT
 
 
 def _extra_file_in_run(tree: TreePaths) -> Path:
@@ -185,7 +185,7 @@ def _user_conf_missing(tree: TreePaths) -> Path:
 
 
 def _loadgen_error(tree: TreePaths) -> Path:
-    detail = tree.results / "accuracy" / checker.DETAIL_LOG
+    detail = tree.results / "accuracy" / layout.DETAIL_LOG
     record = {
         "key": "error_runtime",
         "value": "Ending early",
@@ -264,7 +264,7 @@ def test_each_broken_rule_is_named_with_its_file(tree, mutation):
     assert concerned in {e.path for e in errors}, [str(e) for e in errors]
     for error in errors:
         assert str(error).startswith(f"{error.path}: [{rule}] {error.message}")
-        official = checker.OFFICIAL_MESSAGES.get(rule)
+        official = layout.OFFICIAL_MESSAGES.get(rule)
         assert str(error).endswith(f' (official: "{official}")' if official else error.message)
 
 
@@ -320,7 +320,7 @@ def test_test01_performance_score_is_relaxed_in_test_mode_only(tmp_path, tmp_pat
 
 @pytest.mark.parametrize("allow_test_mode", [True, False])
 def test_map_under_target_is_an_error_for_closed_in_every_mode(tree, allow_test_mode):
-    concerned = tree.results / "accuracy" / checker.ACCURACY_TXT
+    concerned = tree.results / "accuracy" / layout.ACCURACY_TXT
     set_map(concerned, 0.7171)
     found = _check(tree, allow_test_mode)
     assert ("map-target", concerned) in {(e.rule, e.path) for e in found.errors}
@@ -330,7 +330,7 @@ def test_map_under_target_is_an_error_for_closed_in_every_mode(tree, allow_test_
 def test_a_reduced_precision_closed_result_under_target_says_so(tree):
     """Closed takes INT8 / FP16 only at 99.9 % of the FP32 reference; the message says what to do."""
     _edit_json(tree.measurements_json, lambda data: data.update(weight_data_types="int8"))
-    concerned = tree.results / "accuracy" / checker.ACCURACY_TXT
+    concerned = tree.results / "accuracy" / layout.ACCURACY_TXT
     set_map(concerned, 0.7171)
     (error,) = [e for e in _check(tree, True).errors if e.rule == "map-target"]
     assert "reduced precision (int8 weights)" in error.message and "open division" in error.message
@@ -341,7 +341,7 @@ def test_a_reduced_precision_closed_result_under_target_says_so(tree):
 @pytest.mark.parametrize("allow_test_mode", [True, False])
 def test_map_under_target_is_a_warning_for_open(open_tree, tmp_path, allow_test_mode):
     tree = copy_tree(open_tree, tmp_path)
-    concerned = tree.results / "accuracy" / checker.ACCURACY_TXT
+    concerned = tree.results / "accuracy" / layout.ACCURACY_TXT
     set_map(concerned, 0.7171)
     found = _check(tree, allow_test_mode)
     assert [(w.rule, w.path) for w in found.warnings] == [("map-target-open", concerned)]
@@ -355,8 +355,8 @@ def test_test_mode_relaxes_exactly_what_a_short_run_cannot_meet(closed_tree):
     strict = _check(closed_tree, allow_test_mode=False)
     rules_hit = strict.rules
     assert rules_hit == {"result-valid", "min-duration", "min-query-count", "perf-sample-count"}
-    assert rules_hit <= set(checker.TEST_MODE_RELAXED_RULES)
-    assert "map-target" not in checker.TEST_MODE_RELAXED_RULES
+    assert rules_hit <= set(layout.TEST_MODE_RELAXED_RULES)
+    assert "map-target" not in layout.TEST_MODE_RELAXED_RULES
     relaxed = _check(closed_tree)
     assert relaxed.errors == [] and set(relaxed.relaxed) == set(strict.errors)
     # The TEST01 performance run is checked like the submission run, where the round checks TEST01.
@@ -365,15 +365,15 @@ def test_test_mode_relaxes_exactly_what_a_short_run_cannot_meet(closed_tree):
 
 
 def test_read_detail_of_a_real_log(pristine_results):
-    values, errors = checker.read_detail(
-        pristine_results.scenario_dir / "performance" / "run_1" / checker.DETAIL_LOG
+    values, errors = logs.read_detail(
+        pristine_results.scenario_dir / "performance" / "run_1" / layout.DETAIL_LOG
     )
     assert errors == []
     assert values["effective_scenario"] == SCENARIO
     assert values["effective_qsl_rng_seed"] == 1575625098
     assert values["effective_target_latency_percentile"] == 0.999
-    assert not checker.is_automotive_loadgen(values)
-    assert checker.loadgen_description(values).startswith("inference LoadGen 6.")
+    assert not logs.is_automotive_loadgen(values)
+    assert logs.loadgen_description(values).startswith("inference LoadGen 6.")
 
 
 def test_unreadable_detail_log_is_reported(tree):
@@ -390,7 +390,7 @@ def test_missing_submission_folder(tmp_path):
 
 def test_layout_of_an_unknown_round():
     with pytest.raises(rules.RulesError, match="unknown round 'v9'"):
-        checker.layout("v9")
+        layout.layout("v9")
 
 
 def test_main_prints_each_error_and_exits_non_zero(tree, capsys):
@@ -408,7 +408,7 @@ def test_main_prints_each_error_and_exits_non_zero(tree, capsys):
 
 def test_main_prints_the_open_map_warning_and_passes(open_tree, tmp_path, capsys):
     tree = copy_tree(open_tree, tmp_path)
-    concerned = tree.results / "accuracy" / checker.ACCURACY_TXT
+    concerned = tree.results / "accuracy" / layout.ACCURACY_TXT
     set_map(concerned, 0.5)
     assert checker.main([str(tree.root), "--allow-test-mode", "--version", tree.version]) == 0
     out = capsys.readouterr().out

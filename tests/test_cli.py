@@ -190,7 +190,7 @@ def test_run_with_failed_queries_prints_the_table_and_exits_1(
 
 
 def test_sysinfo_names_match_the_submission_system_fields(tmp_path: Path) -> None:
-    from abtf_ssd.submission.checker import SYSTEM_FIELDS
+    from abtf_ssd.submission.layout import SYSTEM_FIELDS
 
     path = tmp_path / "mlc-sut-info.json"
     assert cli.main(["sysinfo", "--out", str(path), "--framework", "onnxruntime"]) == 0

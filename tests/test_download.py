@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd.data import download
+from abtf_ssd.data import download, extract, fetch
 from abtf_ssd.data.download import (
     ARTIFACTS,
     DRIVE_ROOT_FOLDER_ID,
@@ -252,7 +252,7 @@ def test_artifacts_describe_the_official_files():
 def test_dry_run_rclone_prints_exact_command(tmp_path, capsys, name, verb, source):
     config = configured(tmp_path)
     out = tmp_path / "out"
-    final = download.fetch(name, out, "rclone", dry_run=True, rclone_config=config)
+    final = fetch.fetch(name, out, "rclone", dry_run=True, rclone_config=config)
     art = ARTIFACTS[name]
     assert final == out / art.final_name
     partial = out / f".{name}.rclone.partial"
@@ -289,7 +289,7 @@ def test_dry_run_r2_prints_exact_command(tmp_path, capsys, name, uri):
     script = tmp_path / "mlc-r2-downloader.sh"
     script.write_text("#!/bin/bash\nexit 99\n")
     out = tmp_path / "out"
-    download.fetch(name, out, "r2-downloader", dry_run=True, r2_downloader=script)
+    fetch.fetch(name, out, "r2-downloader", dry_run=True, r2_downloader=script)
     expected = [
         "bash",
         str(script),
@@ -297,7 +297,7 @@ def test_dry_run_r2_prints_exact_command(tmp_path, capsys, name, uri):
         str(out / f".{name}.r2-downloader.partial"),
         f"https://cognata.mlcommons-storage.org/metadata/{uri}.uri",
     ]
-    assert download.partial_dir(name, out, "r2-downloader") == out / f".{name}.r2-downloader.partial"
+    assert fetch.partial_dir(name, out, "r2-downloader") == out / f".{name}.r2-downloader.partial"
     assert download.r2_command(ARTIFACTS[name], out / f".{name}.r2-downloader.partial", script) == expected
     assert shlex.join(expected) in capsys.readouterr().out.splitlines()
     assert not out.exists()
@@ -312,12 +312,12 @@ def test_r2_command_runs_an_executable_directly_and_refuses_raw(tmp_path):
         "https://cognata.mlcommons-storage.org/metadata/ssd_checkpoint_onnx.uri",
     ]
     with pytest.raises(DownloadError, match="not distributed through R2"):
-        download.fetch("cognata_raw", tmp_path, "r2-downloader", dry_run=True)
+        fetch.fetch("cognata_raw", tmp_path, "r2-downloader", dry_run=True)
 
 
 def test_dry_run_without_remote_prints_login_commands_and_changes_nothing(tmp_path, capsys):
     config = tmp_path / "none" / "rclone.conf"
-    download.fetch_model("onnx", tmp_path / "out", "rclone", dry_run=True, rclone_config=config)
+    fetch.fetch_model("onnx", tmp_path / "out", "rclone", dry_run=True, rclone_config=config)
     lines = capsys.readouterr().out.splitlines()
     create = [
         "rclone",
@@ -339,13 +339,13 @@ def test_dry_run_without_remote_prints_login_commands_and_changes_nothing(tmp_pa
 
 def test_unknown_names_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown artifact"):
-        download.fetch("val_3d", tmp_path, dry_run=True)
+        fetch.fetch("val_3d", tmp_path, dry_run=True)
     with pytest.raises(ValueError, match="unknown download tool"):
-        download.fetch("val_2d", tmp_path, "wget", dry_run=True)  # type: ignore[arg-type]
+        fetch.fetch("val_2d", tmp_path, "wget", dry_run=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown split"):
-        download.fetch_dataset("test", tmp_path, dry_run=True)  # type: ignore[arg-type]
+        fetch.fetch_dataset("test", tmp_path, dry_run=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown model format"):
-        download.fetch_model("tflite", tmp_path, dry_run=True)  # type: ignore[arg-type]
+        fetch.fetch_model("tflite", tmp_path, dry_run=True)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- extraction
@@ -356,7 +356,7 @@ def test_good_tarball_extracts_atomically_and_is_removed(tmp_path):
     digest = sha256(tarball)
     out = tmp_path / "out"
     out.mkdir()
-    final = download.extract_tarball(tarball, out, "val_2d", expected_sha256=digest, source="local")
+    final = extract.extract_tarball(tarball, out, "val_2d", expected_sha256=digest, source="local")
     assert final == out / "val_2d"
     assert sorted(p.name for p in final.glob("val_*.pkl")) == ["val_0.pkl", "val_1.pkl", "val_2.pkl"]
     assert (final / "val_1.pkl").read_bytes() == _pickle_bytes(1)
@@ -365,16 +365,16 @@ def test_good_tarball_extracts_atomically_and_is_removed(tmp_path):
     marker = json.loads((final / MARKER_NAME).read_text())
     assert marker["files"]["val_2d.tar.gz"]["sha256"] == digest
     assert marker["files"]["val_2d.tar.gz"]["members"] == 4
-    assert download.find_sample_folder(out / "val_2d", "val") == final
+    assert fetch.find_sample_folder(out / "val_2d", "val") == final
 
 
 def test_flat_plain_tar_becomes_the_final_folder(tmp_path):
     tarball = make_tarball(
         tmp_path / "calib.tar", [file_member(f"calib_{i}.pkl", _pickle_bytes(i)) for i in range(2)], gz=False
     )
-    final = download.extract_tarball(tarball, tmp_path, "calib_2d")
+    final = extract.extract_tarball(tarball, tmp_path, "calib_2d")
     assert sorted(p.name for p in final.iterdir()) == [MARKER_NAME, "calib_0.pkl", "calib_1.pkl"]
-    assert download.find_sample_folder(final, "calib") == final
+    assert fetch.find_sample_folder(final, "calib") == final
 
 
 @pytest.mark.parametrize("keep", [40, 400, -30])
@@ -386,7 +386,7 @@ def test_truncated_tarball_fails_clearly_and_leaves_nothing(tmp_path, keep):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ChecksumError, match="corrupt or truncated archive") as info:
-        download.extract_tarball(tarball, out, "val_2d")
+        extract.extract_tarball(tarball, out, "val_2d")
     assert str(tarball) in str(info.value)
     assert listing(out) == set()
     assert tarball.exists()  # extract_tarball never deletes its input on failure
@@ -400,7 +400,7 @@ def test_corrupt_gzip_payload_is_detected(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ChecksumError):
-        download.extract_tarball(tarball, out, "val_2d")
+        extract.extract_tarball(tarball, out, "val_2d")
     assert listing(out) == set()
 
 
@@ -423,7 +423,7 @@ def test_unsafe_members_are_refused_naming_the_member(tmp_path, member, reason):
     out = work / "out"
     out.mkdir(parents=True)
     with pytest.raises(UnsafeArchiveError) as info:
-        download.extract_tarball(tarball, out, "val_2d")
+        extract.extract_tarball(tarball, out, "val_2d")
     assert repr(member[0].name) in str(info.value) and reason in str(info.value)
     assert listing(out) == set()
     assert (
@@ -444,7 +444,7 @@ def test_symlink_chain_cannot_escape(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(UnsafeArchiveError, match="'val_2d/up/up2': symlink to '..' points outside"):
-        download.extract_tarball(tarball, out, "val_2d")
+        extract.extract_tarball(tarball, out, "val_2d")
     assert listing(out) == set()
 
 
@@ -454,7 +454,7 @@ def test_device_files_are_refused(tmp_path):
     device.devmajor, device.devminor = 1, 3
     tarball = make_tarball(tmp_path / "val_2d.tar.gz", [dir_member("val_2d"), (device, None)])
     with pytest.raises(UnsafeArchiveError, match="'val_2d/null': device file"):
-        download.extract_tarball(tarball, tmp_path, "val_2d")
+        extract.extract_tarball(tarball, tmp_path, "val_2d")
     assert not (tmp_path / "val_2d").exists()
 
 
@@ -465,7 +465,7 @@ def test_links_inside_the_destination_are_kept(tmp_path):
         link_member("val_2d/latest.pkl", "val_0.pkl"),
         link_member("val_2d/copy.pkl", "val_2d/val_0.pkl", hard=True),
     ]
-    final = download.extract_tarball(make_tarball(tmp_path / "v.tar.gz", members), tmp_path, "val_2d")
+    final = extract.extract_tarball(make_tarball(tmp_path / "v.tar.gz", members), tmp_path, "val_2d")
     assert os.readlink(final / "latest.pkl") == "val_0.pkl"
     assert (final / "copy.pkl").read_bytes() == b"zero"
 
@@ -475,27 +475,27 @@ def test_sha256_and_size_mismatch_are_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ChecksumError, match="sha256"):
-        download.extract_tarball(tarball, out, "val_2d", expected_sha256="0" * 64)
+        extract.extract_tarball(tarball, out, "val_2d", expected_sha256="0" * 64)
     assert listing(out) == set()
     with pytest.raises(ChecksumError, match="expected 5$"):
-        download.extract_tarball(tarball, out, "val_2d", expected_size=5)
+        extract.extract_tarball(tarball, out, "val_2d", expected_size=5)
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx")
-    assert download.verify_file(model) == hashlib.sha256(b"onnx").hexdigest()
+    assert extract.verify_file(model) == hashlib.sha256(b"onnx").hexdigest()
     with pytest.raises(ChecksumError, match="sha256"):
-        download.verify_file(model, expected_sha256="f" * 64)
+        extract.verify_file(model, expected_sha256="f" * 64)
     model.write_bytes(b"")
     with pytest.raises(ChecksumError, match="empty"):
-        download.verify_file(model)
+        extract.verify_file(model)
 
 
 def test_existing_final_folder_is_not_overwritten(tmp_path):
     (tmp_path / "val_2d").mkdir()
     tarball = fake_val_2d(tmp_path / "val_2d.tar.gz")
     with pytest.raises(DownloadError, match="already exists"):
-        download.extract_tarball(tarball, tmp_path, "val_2d")
+        extract.extract_tarball(tarball, tmp_path, "val_2d")
     with pytest.raises(DownloadError, match="no marker"):
-        download.fetch("val_2d", tmp_path, dry_run=True)
+        fetch.fetch("val_2d", tmp_path, dry_run=True)
 
 
 # --------------------------------------------------------------------------- full fetch through fake tools
@@ -505,7 +505,7 @@ def test_fetch_dataset_with_rclone_end_to_end(tmp_path, fake_tools, capsys):
     fake_tools.publish("val_2d", fake_val_2d(tmp_path / "src.tar.gz", samples=3))
     config = configured(tmp_path)
     out = tmp_path / "cache"
-    folder = download.fetch_dataset("validation", out, "rclone", rclone_config=config, interactive=False)
+    folder = fetch.fetch_dataset("validation", out, "rclone", rclone_config=config, interactive=False)
     assert folder == out / "val_2d"
     assert sorted(p.name for p in folder.glob("val_*.pkl")) == ["val_0.pkl", "val_1.pkl", "val_2.pkl"]
     assert listing(out) == {"val_2d"}  # tarball, temp folders and lock file gone
@@ -517,7 +517,7 @@ def test_fetch_dataset_with_rclone_end_to_end(tmp_path, fake_tools, capsys):
     assert all(secret not in output for secret in SECRETS)
 
     # Rerun: already complete, no tool runs.
-    assert download.fetch_dataset("validation", out, "rclone", rclone_config=config) == folder
+    assert fetch.fetch_dataset("validation", out, "rclone", rclone_config=config) == folder
     assert len(fake_tools.calls()) == 1
     assert "already complete" in capsys.readouterr().out
 
@@ -530,11 +530,11 @@ def test_fetch_models_with_rclone(tmp_path, fake_tools):
         fake_tools.publish(name, src)
     config = configured(tmp_path)
     out = tmp_path / "models"
-    onnx = download.fetch_model("onnx", out, rclone_config=config)
-    pth = download.fetch_model("pytorch", out, rclone_config=config)
+    onnx = fetch.fetch_model("onnx", out, rclone_config=config)
+    pth = fetch.fetch_model("pytorch", out, rclone_config=config)
     assert onnx == out / "ssd_resnet50.onnx" and onnx.read_bytes() == onnx_bytes
     assert pth == out / "baseline_8MP_ss_scales_fm1_5x5_all_ep60.pth" and pth.read_bytes() == pth_bytes
-    marker = json.loads(download.completion_marker("ssd_onnx", out).read_text())
+    marker = json.loads(fetch.completion_marker("ssd_onnx", out).read_text())
     assert marker["files"]["ssd_resnet50.onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
     assert not list(out.glob(".*partial*"))
 
@@ -543,9 +543,9 @@ def test_fetch_raw_folder_with_rclone(tmp_path, fake_tools):
     raw = fake_tools.remote / ARTIFACTS["cognata_raw"].remote_path / "10001_Urban_Clear_Noon"
     raw.mkdir(parents=True)
     (raw / "Cognata_Camera_01_8M.zip").write_bytes(b"zip")
-    root = download.fetch_dataset("raw", tmp_path / "out", rclone_config=configured(tmp_path))
+    root = fetch.fetch_dataset("raw", tmp_path / "out", rclone_config=configured(tmp_path))
     assert (root / "10001_Urban_Clear_Noon" / "Cognata_Camera_01_8M.zip").read_bytes() == b"zip"
-    assert download.is_complete("cognata_raw", tmp_path / "out")
+    assert fetch.is_complete("cognata_raw", tmp_path / "out")
 
 
 def test_interrupted_download_leaves_no_final_entry_and_rerun_succeeds(tmp_path, fake_tools, monkeypatch):
@@ -555,13 +555,13 @@ def test_interrupted_download_leaves_no_final_entry_and_rerun_succeeds(tmp_path,
     out = tmp_path / "cache"
     monkeypatch.setenv("FAKE_FAIL_AFTER", "100")
     with pytest.raises(DownloadError, match="exit status 1"):
-        download.fetch_dataset("calibration", out, rclone_config=config)
+        fetch.fetch_dataset("calibration", out, rclone_config=config)
     assert not (out / "calib_2d").exists()
-    assert not download.is_complete("calib_2d", out)
+    assert not fetch.is_complete("calib_2d", out)
     assert (out / ".calib_2d.rclone.partial" / "calib_2d.tar.gz").stat().st_size == 100  # hidden, kept
 
     monkeypatch.delenv("FAKE_FAIL_AFTER")
-    folder = download.fetch_dataset("calibration", out, rclone_config=config)
+    folder = fetch.fetch_dataset("calibration", out, rclone_config=config)
     assert folder == out / "calib_2d" / "preprocessed"
     assert sorted(p.name for p in folder.iterdir()) == [f"calib_{i}.pkl" for i in range(5)]
     assert listing(out) == {"calib_2d"}
@@ -575,13 +575,13 @@ def test_truncated_download_is_refused_and_removed(tmp_path, fake_tools, monkeyp
     config = configured(tmp_path)
     out = tmp_path / "cache"
     with pytest.raises(ChecksumError, match="truncated"):
-        download.fetch("val_2d", out, rclone_config=config)
+        fetch.fetch("val_2d", out, rclone_config=config)
     # No final folder, and the bad file is gone so a rerun cannot skip it as already downloaded.
     assert listing(out) == {".val_2d.rclone.partial"}  # no lock file left
     assert listing(out / ".val_2d.rclone.partial") == set()
 
     fake_tools.publish("val_2d", good)
-    assert download.fetch("val_2d", out, rclone_config=config) == out / "val_2d"
+    assert fetch.fetch("val_2d", out, rclone_config=config) == out / "val_2d"
 
 
 def test_known_checksum_is_enforced_by_fetch(tmp_path, fake_tools, monkeypatch):
@@ -591,9 +591,9 @@ def test_known_checksum_is_enforced_by_fetch(tmp_path, fake_tools, monkeypatch):
     pinned = dataclasses.replace(ARTIFACTS["ssd_onnx"], sha256="ab" * 32)
     out = tmp_path / "out"
     with pytest.raises(ChecksumError, match="sha256"):
-        download.fetch(pinned, out, rclone_config=configured(tmp_path))
+        fetch.fetch(pinned, out, rclone_config=configured(tmp_path))
     assert not (out / "ssd_resnet50.onnx").exists()
-    assert not download.completion_marker(pinned, out).exists()
+    assert not fetch.completion_marker(pinned, out).exists()
 
 
 def test_fetch_with_r2_downloader_end_to_end(tmp_path, fake_tools):
@@ -602,9 +602,9 @@ def test_fetch_with_r2_downloader_end_to_end(tmp_path, fake_tools):
     model.write_bytes(b"pth")
     fake_tools.publish("ssd_pytorch", model)
     out = tmp_path / "cache"
-    folder = download.fetch_dataset("validation", out, "r2-downloader")
+    folder = fetch.fetch_dataset("validation", out, "r2-downloader")
     assert sorted(p.name for p in folder.glob("val_*.pkl")) == ["val_0.pkl", "val_1.pkl"]
-    pth = download.fetch_model("pytorch", out, "r2-downloader")
+    pth = fetch.fetch_model("pytorch", out, "r2-downloader")
     assert pth.read_bytes() == b"pth"
     downloader = str(fake_tools.bin / "mlc-r2-downloader")
     assert fake_tools.calls() == [
@@ -632,11 +632,11 @@ def test_fetch_with_r2_downloader_end_to_end(tmp_path, fake_tools):
 def test_missing_tools_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
     with pytest.raises(DownloadError, match="R2 downloader not found"):
-        download.fetch("val_2d", tmp_path / "out", "r2-downloader")
+        fetch.fetch("val_2d", tmp_path / "out", "r2-downloader")
     with pytest.raises(
         download.RcloneNotInstalled, match=r"rclone is not installed.*apt-get install rclone"
     ) as info:
-        download.fetch("val_2d", tmp_path / "out", rclone_config=configured(tmp_path))
+        fetch.fetch("val_2d", tmp_path / "out", rclone_config=configured(tmp_path))
     assert "_synthetic" in str(info.value)
     assert not [*(tmp_path / "out").iterdir()], "no lock file, no partial folder"
 

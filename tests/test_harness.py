@@ -365,7 +365,7 @@ def test_an_audit_config_in_the_output_folder_is_refused(tmp_path, tiny_dataset,
 
 
 def test_a_memory_mapped_store_gives_the_pickles_detections_and_map(tmp_path, tiny_dataset, backend) -> None:
-    from abtf_ssd.data.store import convert_pickles_to_store
+    from abtf_ssd.data.store_writer import convert_pickles_to_store
     from abtf_ssd.loadgen.accuracy import accuracy_main
 
     store = convert_pickles_to_store(tiny_dataset.preprocessed, tmp_path / "store", progress=False)
@@ -400,7 +400,7 @@ def test_a_valid_run_over_part_of_a_split_preprocessed_into_a_store_is_refused(
     tmp_path, tiny_dataset, backend
 ) -> None:
     from abtf_ssd.config import DEMO_CONFIG
-    from abtf_ssd.data.store import preprocess_to_store
+    from abtf_ssd.data.store_writer import preprocess_to_store
     from abtf_ssd.data.synth import SPLIT_FILES
 
     raw = tiny_dataset.raw_root

@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from abtf_ssd.cli import main as cli_main
-from abtf_ssd.submission import checker, plan
+from abtf_ssd.submission import checker
+from abtf_ssd.submission.plan.estimate import StepEstimate, estimate, total_hours
+from abtf_ssd.submission.plan.format import PlanError, load_plan, plan_steps
+from abtf_ssd.submission.plan.identity import MARKER_NAME
+from abtf_ssd.submission.plan.runner import Progress
+from abtf_ssd.submission.plan.summary import SUMMARY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "automation" / "plans"
@@ -83,7 +88,7 @@ def demo_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_plan_end_to_end_makes_a_checked_tarball(demo_output: Path, tmp_path: Path) -> None:
     stdout = (demo_output.parent / "stdout.txt").read_text()
-    summary = json.loads((demo_output / plan.SUMMARY_NAME).read_text())
+    summary = json.loads((demo_output / SUMMARY_NAME).read_text())
     tarball = Path(summary["tarball"])
     assert tarball == demo_output / "submission.tar.gz" and tarball.is_file()
     assert summary["tarball_sha256"] == checker.sha256_file(tarball)
@@ -100,7 +105,7 @@ def test_demo_plan_end_to_end_makes_a_checked_tarball(demo_output: Path, tmp_pat
         assert row["map"] is not None and row["map"] > 0.5  # the committed demo weights detect
         assert row["metric"].endswith(" ms") and row["result"] == "INVALID"  # 8 queries: test mode
     for system in (ORT_SYSTEM, TORCH_SYSTEM):
-        marker = json.loads((_scenario(demo_output, system) / "accuracy" / plan.MARKER_NAME).read_text())
+        marker = json.loads((_scenario(demo_output, system) / "accuracy" / MARKER_NAME).read_text())
         assert marker["identity"]["framework"] in system and len(marker["identity"]["model_sha256"]) == 64
     _assert_tarball_passes(tarball, tmp_path)
 
@@ -134,7 +139,7 @@ def test_sigint_then_sigkill_in_the_second_run_resume(demo_output: Path, tmp_pat
     assert returncode == 130, log[-4000:]
     assert "rerun to resume" in log
     ort_files = _run_files(output, ORT_SYSTEM)
-    assert ort_files and not (torch_performance / plan.MARKER_NAME).exists()
+    assert ort_files and not (torch_performance / MARKER_NAME).exists()
 
     returncode, log = interrupt(signal.SIGKILL)
     assert returncode == -signal.SIGKILL
@@ -148,7 +153,7 @@ def test_sigint_then_sigkill_in_the_second_run_resume(demo_output: Path, tmp_pat
     stdout = _run_cli(["run", str(DEMO), "--output", str(output)], cwd=tmp_path).stdout
     assert "runs: 2 ran, 2 kept from before" in stdout
     assert _run_files(output, ORT_SYSTEM) == ort_files  # the first run was not redone
-    assert (torch_performance / plan.MARKER_NAME).is_file()
+    assert (torch_performance / MARKER_NAME).is_file()
     tarball = output / "submission.tar.gz"
     assert _tar_names(tarball) == _tar_names(demo_output / "submission.tar.gz")
     _assert_tarball_passes(tarball, tmp_path / "extracted")
@@ -177,7 +182,7 @@ def test_a_changed_model_reruns_only_its_runs(
     ):
         path = _scenario(output, ORT_SYSTEM) / name
         assert ort_after[path] > ort_before[path], name
-    summary = json.loads((output / plan.SUMMARY_NAME).read_text())
+    summary = json.loads((output / SUMMARY_NAME).read_text())
     assert sorted(summary["ran"]) == [
         f"{ORT_SYSTEM} SingleStream accuracy",
         f"{ORT_SYSTEM} SingleStream performance",
@@ -267,8 +272,8 @@ def test_malformed_plans_are_refused_naming_the_key(tmp_path: Path, data: dict, 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     started = time.monotonic()
-    with pytest.raises(plan.PlanError) as error:
-        plan.load_plan(path)
+    with pytest.raises(PlanError) as error:
+        load_plan(path)
     assert time.monotonic() - started < 1.0
     assert str(error.value).startswith(f"plan {path}: ")
     assert expected in str(error.value)
@@ -307,11 +312,11 @@ CONSTANT_STREAM_S = 200 + 2000000 + 120000 + 2000000
     ],
 )
 def test_estimate_of_the_templates(tmp_path: Path, name: str, seconds: int) -> None:
-    template = plan.load_plan(PLANS / f"{name}.yaml", tmp_path)
+    template = load_plan(PLANS / f"{name}.yaml", tmp_path)
     assert template.division == "closed"
-    estimates = plan.estimate(template, latency_ms=20000)
+    estimates = estimate(template, latency_ms=20000)
     assert sum(e.seconds or 0 for e in estimates) == pytest.approx(seconds)
-    assert plan.total_hours(estimates) == pytest.approx(seconds / 3600)
+    assert total_hours(estimates) == pytest.approx(seconds / 3600)
     stdout = _run_cli(["estimate", str(PLANS / f"{name}.yaml"), "--latency-ms", "20000"], cwd=tmp_path).stdout
     assert stdout.splitlines()[-1].split()[-1] == f"{seconds / 3600:.2f}"
 
@@ -319,8 +324,8 @@ def test_estimate_of_the_templates(tmp_path: Path, name: str, seconds: int) -> N
 def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
     """15 ms a query: SingleStream runs 600 s (40000 queries); v1.0 ConstantStream issues 100000
     queries at its 15 a second (111 minutes); accuracy is 6000 frames at the latency."""
-    template = plan.load_plan(PLANS / "cuda-v1.0.yaml", tmp_path)
-    by_label = {e.step.label: e for e in plan.estimate(template, latency_ms=15)}
+    template = load_plan(PLANS / "cuda-v1.0.yaml", tmp_path)
+    by_label = {e.step.label: e for e in estimate(template, latency_ms=15)}
     single = by_label["gpu-onnxruntime SingleStream performance"]
     assert (single.queries, single.seconds) == (40000, pytest.approx(600))
     constant = by_label["gpu-onnxruntime ConstantStream performance"]
@@ -329,8 +334,8 @@ def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
     assert by_label["gpu-onnxruntime SingleStream accuracy"].seconds == pytest.approx(90)
     # v0.5 reports the ConstantStream throughput: find-performance finds the highest rate within the
     # latency bound, 66.66 QPS at 15 ms, and the 100000 queries take 1500 s.
-    v05 = plan.load_plan(PLANS / "cuda-v0.5.yaml", tmp_path)
-    constant = {e.step.label: e for e in plan.estimate(v05, latency_ms=15)}[
+    v05 = load_plan(PLANS / "cuda-v0.5.yaml", tmp_path)
+    constant = {e.step.label: e for e in estimate(v05, latency_ms=15)}[
         "gpu-onnxruntime ConstantStream performance"
     ]
     assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 66.66))
@@ -378,7 +383,7 @@ def test_local_source_runs_and_is_kept_on_rerun(
 
     assert cli_main(["plan", "run", str(plan_file), "--output", str(output)]) == 0
     first = _run_files(output, "sut")
-    marker = json.loads((_scenario(output, "sut") / "accuracy" / plan.MARKER_NAME).read_text())
+    marker = json.loads((_scenario(output, "sut") / "accuracy" / MARKER_NAME).read_text())
     assert marker["identity"]["dataset"]["samples"] == tiny_dataset.frames
     assert marker["identity"]["model_sha256"] == checker.sha256_file(demo_onnx_model)
     assert cli_main(["plan", "run", str(plan_file), "--output", str(output)]) == 0
@@ -395,10 +400,10 @@ def test_progress_line_counts_queries_and_gives_an_eta() -> None:
     import io
 
     stream = io.StringIO()
-    step = plan.plan_steps(plan.load_plan(DEMO))[0]
-    progress = plan.Progress(total=3, done=1, stream=stream, interval_s=0.05)
+    step = plan_steps(load_plan(DEMO))[0]
+    progress = Progress(total=3, done=1, stream=stream, interval_s=0.05)
     with progress:
-        later = [plan.StepEstimate(step, 5, 100.0), plan.StepEstimate(step, 6, None)]
+        later = [StepEstimate(step, 5, 100.0), StepEstimate(step, 6, None)]
         progress.start("sut SingleStream performance", queries=10, later=later)
         progress.answered_samples(1)  # the harness's warm-up inference
         for _ in range(4):
@@ -437,7 +442,7 @@ def test_constant_stream_plan_on_the_automotive_loadgen_with_the_official_checke
         timeout=RUN_TIMEOUT_S,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    summary = json.loads((output / plan.SUMMARY_NAME).read_text())
+    summary = json.loads((output / SUMMARY_NAME).read_text())
     assert [(row["scenario"], row["verdict"]) for row in summary["rows"]] == [
         ("SingleStream", "pass"),
         ("ConstantStream", "pass"),
@@ -446,14 +451,7 @@ def test_constant_stream_plan_on_the_automotive_loadgen_with_the_official_checke
     assert [row["metric"].split()[-1] for row in summary["rows"]] == ["ms", "samples/s"]
     marker = json.loads(
         (
-            output
-            / "results"
-            / "demo-cpu"
-            / "ssd"
-            / "ConstantStream"
-            / "performance"
-            / "run_1"
-            / plan.MARKER_NAME
+            output / "results" / "demo-cpu" / "ssd" / "ConstantStream" / "performance" / "run_1" / MARKER_NAME
         ).read_text()
     )
     assert (

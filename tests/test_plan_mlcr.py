@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from test_mlc_scripts import REPO, mlcr, registered_mlc_home
 
-from abtf_ssd.submission import checker, plan
+from abtf_ssd.submission import checker
+from abtf_ssd.submission.plan.summary import SUMMARY_NAME
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def test_demo_plan_through_mlcr_then_status(plan_home: tuple[dict[str, str], Pat
     stdout = mlcr(
         env, REPO, "run,abtf,submission-plan", "--plan=automation/plans/demo.yaml", f"--output={output}"
     )
-    summary = json.loads((output / plan.SUMMARY_NAME).read_text())
+    summary = json.loads((output / SUMMARY_NAME).read_text())
     assert summary["tarball"] == str(output / "submission.tar.gz")
     assert f"tarball: {summary['tarball']} sha256 {summary['tarball_sha256']}" in stdout
     assert checker.check_submission(output / "submission", "v0.5", allow_test_mode=True) == []

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd.data import preprocess, store
+from abtf_ssd.data import preprocess, store, store_writer
 from abtf_ssd.data.store import (
     PickleDataset,
     SampleStore,
     StoreError,
-    convert_pickles_to_store,
     open_dataset,
 )
+from abtf_ssd.data.store_writer import convert_pickles_to_store
 
 
 def _pickles(folder: Path) -> list[dict[str, np.ndarray]]:
@@ -105,18 +105,18 @@ def test_conversion_resumes_after_an_interruption(tiny_dataset, monkeypatch, tmp
 
 def test_uncommitted_ground_truth_is_dropped_on_resume(tiny_dataset, monkeypatch, tmp_path: Path) -> None:
     # Die after sample 3's ground truth is appended but before the state that counts it is written.
-    real_write = store._write_json
+    real_write = store_writer._write_json
 
     def dying_commit(path, data):
         if data.get("filled") == 4:
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(store, "_write_json", dying_commit)
+    monkeypatch.setattr(store_writer, "_write_json", dying_commit)
     out = tmp_path / "store"
     with pytest.raises(KeyboardInterrupt):
         convert_pickles_to_store(tiny_dataset.preprocessed, out, progress=False)
-    monkeypatch.setattr(store, "_write_json", real_write)
+    monkeypatch.setattr(store_writer, "_write_json", real_write)
     convert_pickles_to_store(tiny_dataset.preprocessed, out, progress=False)
     _assert_matches_pickles(SampleStore.open(out), _pickles(tiny_dataset.preprocessed))
 
@@ -205,7 +205,7 @@ def test_what_a_folder_records_and_where_its_store_is(tiny_dataset, converted: P
     assert store.recorded_config(tiny_dataset.preprocessed) == "demo" == store.recorded_config(converted)
     assert store.find_store(converted) == converted and store.find_store(tiny_dataset.preprocessed) is None
     assert store.default_store_dir(tiny_dataset.preprocessed) == tiny_dataset.preprocessed / "mmap"
-    assert store.prepare_store(converted) == converted
+    assert store_writer.prepare_store(converted) == converted
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty holds no preprocessed samples"):
@@ -215,9 +215,9 @@ def test_what_a_folder_records_and_where_its_store_is(tiny_dataset, converted: P
     assert store.dataset_problem(tiny_dataset.preprocessed) is None
     assert store.dataset_problem(converted) is None
     with pytest.raises(StoreError, match=r"no val_0\.pkl"):
-        store.prepare_store(empty, "val")
+        store_writer.prepare_store(empty, "val")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        store.prepare_store(tmp_path / "nowhere")
+        store_writer.prepare_store(tmp_path / "nowhere")
     assert store.check_store_kind("mmap") == "mmap" and store.check_store_kind("pickle") == "pickle"
 
 

@@ -18,8 +18,9 @@ from helpers import store_kill_script
 
 from abtf_ssd import cli
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.data import preprocess, store
-from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, StoreError, convert_pickles_to_store
+from abtf_ssd.data import preprocess, store, store_writer
+from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, StoreError
+from abtf_ssd.data.store_writer import convert_pickles_to_store
 from abtf_ssd.data.synth import SPLIT_FILES
 from abtf_ssd.loadgen.accuracy import ACCURACY_LOG, ACCURACY_TXT
 from abtf_ssd.loadgen.harness import RESULTS_JSON
@@ -66,7 +67,7 @@ def test_preprocess_store_mmap_equals_converting_the_pickles(
     assert SampleStore.open(direct_store).config_name == DEMO_CONFIG
 
     # Two spawn workers (the frame source travels to them once) write the same bytes.
-    parallel = store.preprocess_to_store(
+    parallel = store_writer.preprocess_to_store(
         tiny_dataset.raw_root,
         tiny_dataset.raw_root / SPLIT_FILES["validation"],
         tmp_path / "parallel",
@@ -99,7 +100,7 @@ def test_preprocess_store_pickle_is_the_default(tiny_dataset, tmp_path: Path) ->
 
 KILL_DIRECT_WRITE = store_kill_script(
     "raw, split_csv, out = sys.argv[1:4]\n"
-    'store.preprocess_to_store(raw, split_csv, out, "val", "demo", workers=1, progress=False)'
+    'store_writer.preprocess_to_store(raw, split_csv, out, "val", "demo", workers=1, progress=False)'
 )
 
 
@@ -114,7 +115,7 @@ def test_killed_direct_write_resumes_byte_identical(
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store_dir = store.default_store_dir(out)
     assert not (store_dir / STORE_MANIFEST).exists()
-    assert store.prepare_store(out) == store_dir
+    assert store_writer.prepare_store(out) == store_dir
     with pytest.raises(StoreError, match=r"unfinished.*preprocess --store mmap"):
         store.open_dataset(store_dir)
 
@@ -183,15 +184,15 @@ def test_run_store_mmap_gives_the_pickle_runs_detections_and_map(
         raise AssertionError(f"loaded {path}")
 
     monkeypatch.setattr(preprocess, "load_sample", no_loading)
-    assert store.prepare_store(pickles, "val", progress=False) == pickles / "mmap"
+    assert store_writer.prepare_store(pickles, "val", progress=False) == pickles / "mmap"
     # A store folder and the --out folder of preprocess --store mmap are taken as they are.
-    assert store.prepare_store(pickles / "mmap") == pickles / "mmap"
+    assert store_writer.prepare_store(pickles / "mmap") == pickles / "mmap"
 
 
 def test_run_store_mmap_on_a_preprocess_store_folder(
     tiny_dataset, direct_store: Path, demo_onnx_model: Path, tmp_path: Path
 ) -> None:
-    assert store.prepare_store(direct_store.parent) == direct_store
+    assert store_writer.prepare_store(direct_store.parent) == direct_store
     run_dir = _accuracy_run(direct_store.parent, demo_onnx_model, tmp_path / "r", "--store", "mmap")
     assert json.loads((run_dir / RESULTS_JSON).read_text())["dataset_dir"] == str(direct_store)
 
@@ -243,9 +244,9 @@ def test_read_only_pickle_folder_is_a_clear_error(
         assert "give --out <a folder you can write>" in capsys.readouterr().err
         writable = tmp_path / "writable"
         assert cli.main(["convert-store", str(pickles), "--out", str(writable)]) == 0
-        assert store.prepare_store(writable) == writable
+        assert store_writer.prepare_store(writable) == writable
     # Converted while it was writable, the store is used read-only without writing anything.
-    assert store.prepare_store(pickles, progress=False) == pickles / "mmap"
+    assert store_writer.prepare_store(pickles, progress=False) == pickles / "mmap"
     with read_only(pickles):
-        assert store.prepare_store(pickles, progress=False) == pickles / "mmap"
+        assert store_writer.prepare_store(pickles, progress=False) == pickles / "mmap"
         assert len(SampleStore.open(pickles / "mmap")) == tiny_dataset.frames

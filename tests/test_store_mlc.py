@@ -11,7 +11,8 @@ from helpers import finished_cache_entries
 from test_mlc_scripts import TINY_RAW, exported, mlcr, registered_mlc_home
 
 from abtf_ssd import cli
-from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+from abtf_ssd.data.store import STORE_MANIFEST, SampleStore
+from abtf_ssd.data.store_writer import convert_pickles_to_store
 from abtf_ssd.loadgen.accuracy import ACCURACY_LOG, ACCURACY_TXT
 from abtf_ssd.loadgen.harness import COMMAND_TXT, RESULTS_JSON
 

@@ -34,8 +34,12 @@ import pytest
 from abtf_ssd.data.preprocess import sample_name, write_sample
 from abtf_ssd.loadgen import report, rules
 from abtf_ssd.loadgen.accuracy import accuracy_main
-from abtf_ssd.submission import checker, sysinfo
+from abtf_ssd.submission import checker, layout, sysinfo
 from abtf_ssd.submission import tree as submission
+from abtf_ssd.submission.describe import NOT_APPLICABLE, scenario_readme, system_description
+from abtf_ssd.submission.logs import AUTOMOTIVE_LOADGEN_KEYS, read_map
+from abtf_ssd.submission.runs import SubmissionError, find_scenarios
+from abtf_ssd.submission.test01 import verify_test01_accuracy, verify_test01_performance
 
 SYSTEM = "tiny-cpu"
 SUBMITTER = "ABTF_Demo"
@@ -181,7 +185,7 @@ def run_loadgen(
     finally:
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
-    values = report.detail_values(report.read_detail_log(out_dir / checker.DETAIL_LOG))
+    values = report.detail_values(report.read_detail_log(out_dir / layout.DETAIL_LOG))
     (out_dir / submission.USER_CONF).write_text(rules.effective_user_conf_text(values, SCENARIO, version))
     return out_dir
 
@@ -218,14 +222,14 @@ def build_results(root: Path, version: str = "v0.5") -> HarnessResults:
 
 def mark_automotive_loadgen(results_dir: Path) -> None:
     """Add the settings only the automotive LoadGen logs to every detail log under ``results_dir``."""
-    for detail in results_dir.rglob(checker.DETAIL_LOG):
+    for detail in results_dir.rglob(layout.DETAIL_LOG):
         lines = detail.read_text().splitlines()
         anchor = next(
             i for i, line in enumerate(lines) if '"effective_sample_concatenate_permutation"' in line
         )
         record = json.loads(lines[anchor][len(":::MLLOG ") :])
         added = []
-        for key in checker.AUTOMOTIVE_LOADGEN_KEYS:
+        for key in AUTOMOTIVE_LOADGEN_KEYS:
             added.append(":::MLLOG " + json.dumps({**record, "key": key, "value": False}))
         detail.write_text("\n".join(lines[: anchor + 1] + added + lines[anchor + 1 :]) + "\n")
 
@@ -363,8 +367,8 @@ def test_closed_tree_layout_and_contents(closed_tree, automotive_results):
             "performance",
             "user.conf",
         ]
-    assert _names(paths.results / "performance" / "run_1") == [checker.DETAIL_LOG, checker.SUMMARY_LOG]
-    assert _names(paths.results / "accuracy") == sorted(checker.ACCURACY_FILES)
+    assert _names(paths.results / "performance" / "run_1") == [layout.DETAIL_LOG, layout.SUMMARY_LOG]
+    assert _names(paths.results / "accuracy") == sorted(layout.ACCURACY_FILES)
     assert _names(paths.test01) == [
         "accuracy",
         "performance",
@@ -373,10 +377,10 @@ def test_closed_tree_layout_and_contents(closed_tree, automotive_results):
     ]
     assert "TEST PASS" in (paths.test01 / "verify_performance.txt").read_text()
     assert "TEST PASS" in (paths.test01 / "verify_accuracy.txt").read_text()
-    assert (paths.test01 / "accuracy" / checker.ACCURACY_TXT).read_text().startswith("mAP: 1.0")
+    assert (paths.test01 / "accuracy" / layout.ACCURACY_TXT).read_text().startswith("mAP: 1.0")
 
     system = json.loads(paths.system_json.read_text())
-    assert list(system) == list(checker.SYSTEM_FIELDS)
+    assert list(system) == list(layout.SYSTEM_FIELDS)
     assert system["system_type"] == "adas" and system["status"] == "development"
     assert system["division"] == "closed" and system["submitter"] == SUBMITTER
     assert system["accelerators_per_node"] == "0"  # a string: the checker rejects a bare 0
@@ -385,7 +389,7 @@ def test_closed_tree_layout_and_contents(closed_tree, automotive_results):
 
     measurements = json.loads(paths.measurements_json.read_text())
     assert measurements["starting_weights_filename"] == "ssd_resnet50.onnx"
-    assert all(measurements[k] for k in checker.MEASUREMENT_FIELDS)
+    assert all(measurements[k] for k in layout.MEASUREMENT_FIELDS)
 
     readme = (paths.measurements / "README.md").read_text()
     assert "| mAP | 1.00000 |" in readme and "relaxed" in readme and "abtf-ssd run" in readme
@@ -396,7 +400,7 @@ def test_closed_tree_layout_and_contents(closed_tree, automotive_results):
     assert (paths.measurements / "user.conf").read_text() == user_conf.read_text()
 
     code = paths.code / "abtf_ssd"
-    assert (code / "checker.py").is_file() and (code / "submission.py").is_file()
+    assert (code / "submission" / "checker.py").is_file() and (code / "submission" / "tree.py").is_file()
     assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
 
 
@@ -427,19 +431,19 @@ def test_scenario_readme_shows_the_metric_the_round_reports(scenario, version, r
         "early_stopping_latency_ss": 70_500_000,
         "result_validity": "INVALID",
     }
-    readme = submission.scenario_readme(SYSTEM, scenario, perf, 0.5, {}, None, [], version)
+    readme = scenario_readme(SYSTEM, scenario, perf, 0.5, {}, None, [], version)
     assert row in readme, readme
 
 
 def test_accuracy_log_is_truncated_with_the_original_hash(closed_tree, automotive_results):
-    original = (automotive_results.scenario_dir / "accuracy" / checker.ACCURACY_LOG).read_bytes()
-    assert len(original) > checker.MAX_ACCURACY_LOG_BYTES  # the fixture must exercise truncation
+    original = (automotive_results.scenario_dir / "accuracy" / layout.ACCURACY_LOG).read_bytes()
+    assert len(original) > layout.MAX_ACCURACY_LOG_BYTES  # the fixture must exercise truncation
     acc_dir = closed_tree.results / "accuracy"
-    truncated = (acc_dir / checker.ACCURACY_LOG).read_bytes()
+    truncated = (acc_dir / layout.ACCURACY_LOG).read_bytes()
     keep = submission.TRUNCATE_KEEP_BYTES
-    assert truncated == original[:keep] + checker.TRUNCATION_MARKER.encode() + original[-keep:]
-    assert len(truncated) <= checker.MAX_ACCURACY_LOG_BYTES
-    lines = (acc_dir / checker.ACCURACY_TXT).read_text().splitlines()
+    assert truncated == original[:keep] + layout.TRUNCATION_MARKER.encode() + original[-keep:]
+    assert len(truncated) <= layout.MAX_ACCURACY_LOG_BYTES
+    lines = (acc_dir / layout.ACCURACY_TXT).read_text().splitlines()
     assert lines[0].startswith("mAP: ")
     assert lines[-1] == f"hash={hashlib.sha256(original).hexdigest()}"
 
@@ -454,7 +458,7 @@ def test_small_accuracy_log_is_kept_whole(tmp_path):
 
 def test_closed_division_refuses_the_pypi_loadgen(pristine_results, tmp_path):
     target = tmp_path / "submission"
-    with pytest.raises(submission.SubmissionError) as error:
+    with pytest.raises(SubmissionError) as error:
         submission.generate_submission(
             pristine_results.results_dir,
             target,
@@ -467,7 +471,7 @@ def test_closed_division_refuses_the_pypi_loadgen(pristine_results, tmp_path):
     message = str(error.value)
     assert "mlcr get,mlperf,automotive,loadgen,_v0.5" in message
     assert "inference LoadGen 6." in message and "samples 0..127" in message
-    assert checker.DETAIL_LOG in message
+    assert layout.DETAIL_LOG in message
     assert not target.exists()
 
 
@@ -482,7 +486,7 @@ def test_open_division_accepts_the_pypi_loadgen_with_a_note(open_tree):
 @pytest.mark.parametrize("division", ["open", "closed"])
 def test_map_under_target_is_accepted_for_open_and_refused_for_closed(automotive_results, tmp_path, division):
     results = copy_results(automotive_results, tmp_path)
-    set_map(results.scenario_dir / "accuracy" / checker.ACCURACY_TXT, 0.5)
+    set_map(results.scenario_dir / "accuracy" / layout.ACCURACY_TXT, 0.5)
     target = tmp_path / "sub"
     paths = TreePaths(target, results.version, division)
     arguments = (results.results_dir, target, SUBMITTER, division, SYSTEM)
@@ -493,14 +497,14 @@ def test_map_under_target_is_accepted_for_open_and_refused_for_closed(automotive
         found = checker.run_checks(target, results.version, allow_test_mode=True)
         assert found.errors == []
         assert [(w.rule, w.path) for w in found.warnings] == [
-            ("map-target-open", paths.results / "accuracy" / checker.ACCURACY_TXT)
+            ("map-target-open", paths.results / "accuracy" / layout.ACCURACY_TXT)
         ]
     else:
         # Test mode relaxes the run-length rules only: the mAP target holds for closed in every mode.
         with pytest.raises(submission.SubmissionCheckError) as error:
             submission.generate_submission(*arguments, allow_test_mode=True, version=results.version)
         assert [(e.rule, e.path) for e in error.value.errors] == [
-            ("map-target", paths.results / "accuracy" / checker.ACCURACY_TXT)
+            ("map-target", paths.results / "accuracy" / layout.ACCURACY_TXT)
         ]
 
 
@@ -512,7 +516,7 @@ def test_a_run_that_did_not_complete_is_refused_naming_its_results_json(
     record = results.scenario_dir / run / "results.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "status": status}))
     target = tmp_path / "submission"
-    with pytest.raises(submission.SubmissionError, match=f"{re.escape(str(record))}: .*{status}"):
+    with pytest.raises(SubmissionError, match=f"{re.escape(str(record))}: .*{status}"):
         submission.generate_submission(
             results.results_dir, target, SUBMITTER, "open", SYSTEM, allow_test_mode=True
         )
@@ -523,7 +527,7 @@ def test_closed_division_needs_test01(automotive_results, tmp_path):
     # Every round's tree holds TEST01 for closed, also v0.5's, whose checker does not look at it.
     results = copy_results(automotive_results, tmp_path)
     shutil.rmtree(results.scenario_dir / "TEST01")
-    with pytest.raises(submission.SubmissionError, match="TEST01"):
+    with pytest.raises(SubmissionError, match="TEST01"):
         submission.generate_submission(
             results.results_dir,
             tmp_path / "sub",
@@ -550,7 +554,7 @@ def test_closed_division_needs_test01(automotive_results, tmp_path):
 def test_bad_inputs_are_refused(v05_results, tmp_path, field, value):
     arguments = {"submitter": SUBMITTER, "division": "open", "system_name": SYSTEM, "status": "development"}
     arguments[field] = value
-    with pytest.raises((submission.SubmissionError, rules.RulesError), match=repr(value).strip("'")):
+    with pytest.raises((SubmissionError, rules.RulesError), match=repr(value).strip("'")):
         submission.generate_submission(v05_results.results_dir, tmp_path / "sub", **arguments)
     assert not (tmp_path / "sub").exists()
 
@@ -558,7 +562,7 @@ def test_bad_inputs_are_refused(v05_results, tmp_path, field, value):
 def test_missing_system_description_is_an_error(pristine_results, tmp_path):
     results = copy_results(pristine_results, tmp_path)
     (results.results_dir / SYSTEM / sysinfo.SUT_INFO_NAME).unlink()
-    with pytest.raises(submission.SubmissionError, match=sysinfo.SUT_INFO_NAME):
+    with pytest.raises(SubmissionError, match=sysinfo.SUT_INFO_NAME):
         submission.generate_submission(results.results_dir, tmp_path / "sub", SUBMITTER, "open", SYSTEM)
 
 
@@ -573,19 +577,19 @@ def test_a_failing_tree_raises_with_the_checker_errors(pristine_results, tmp_pat
             version=pristine_results.version,
         )
     rules_hit = {e.rule for e in error.value.errors}
-    assert rules_hit <= set(checker.TEST_MODE_RELAXED_RULES) and "result-valid" in rules_hit
+    assert rules_hit <= set(layout.TEST_MODE_RELAXED_RULES) and "result-valid" in rules_hit
 
 
 def _verify(tmp_path, reference_ns, test_ns, pristine_results, allow_test_mode=False):
     logs = []
     for name, value in (("ref", reference_ns), ("test", test_ns)):
-        detail = tmp_path / name / checker.DETAIL_LOG
+        detail = tmp_path / name / layout.DETAIL_LOG
         detail.parent.mkdir()
-        shutil.copyfile(pristine_results.scenario_dir / "performance" / "run_1" / checker.DETAIL_LOG, detail)
+        shutil.copyfile(pristine_results.scenario_dir / "performance" / "run_1" / layout.DETAIL_LOG, detail)
         set_detail_value(detail, "result_validity", "VALID")
-        set_detail_value(detail, checker.RESULT_KEY, value)
+        set_detail_value(detail, layout.RESULT_KEY, value)
         logs.append(detail)
-    return submission.verify_test01_performance(*logs, allow_test_mode=allow_test_mode)
+    return verify_test01_performance(*logs, allow_test_mode=allow_test_mode)
 
 
 @pytest.mark.parametrize(
@@ -610,11 +614,11 @@ def test_test01_performance_tolerance(tmp_path, v05_results, reference_ns, test_
 
 
 def test_test01_performance_of_test_mode_runs(pristine_results):
-    reference = pristine_results.scenario_dir / "performance" / "run_1" / checker.DETAIL_LOG
-    test = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.DETAIL_LOG
-    strict = submission.verify_test01_performance(reference, test, allow_test_mode=False)
+    reference = pristine_results.scenario_dir / "performance" / "run_1" / layout.DETAIL_LOG
+    test = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / layout.DETAIL_LOG
+    strict = verify_test01_performance(reference, test, allow_test_mode=False)
     assert not strict.passed and "Reference results are invalid" in strict.text
-    relaxed = submission.verify_test01_performance(reference, test, allow_test_mode=True)
+    relaxed = verify_test01_performance(reference, test, allow_test_mode=True)
     assert relaxed.passed, relaxed.text
     assert "mean latency" in relaxed.text
 
@@ -629,7 +633,7 @@ def test_a_noisy_test01_fails_no_test_mode_tree_but_is_reported(automotive_resul
     """Two short runs on a busy machine: TEST01 slower by half. Test mode: the tree is written and
     passes, the comparison listed as relaxed where the round checks TEST01; the README says FAILED."""
     results = copy_results(automotive_results, tmp_path)
-    test01_detail = results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.DETAIL_LOG
+    test01_detail = results.scenario_dir / "TEST01" / "performance" / "run_1" / layout.DETAIL_LOG
     values = report.detail_values(report.read_detail_log(test01_detail))
     set_detail_value(test01_detail, "result_mean_latency_ns", int(values["result_mean_latency_ns"] * 1.5))
     tree = submission.generate_submission(
@@ -657,25 +661,25 @@ def test_a_noisy_test01_fails_no_test_mode_tree_but_is_reported(automotive_resul
 
 def test_test01_accuracy_detects_a_changed_response(tmp_path, v05_results):
     pristine_results = v05_results
-    accuracy_log = pristine_results.scenario_dir / "accuracy" / checker.ACCURACY_LOG
-    test_log = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.ACCURACY_LOG
-    verdict, indices = submission.verify_test01_accuracy(accuracy_log, test_log)
+    accuracy_log = pristine_results.scenario_dir / "accuracy" / layout.ACCURACY_LOG
+    test_log = pristine_results.scenario_dir / "TEST01" / "performance" / "run_1" / layout.ACCURACY_LOG
+    verdict, indices = verify_test01_accuracy(accuracy_log, test_log)
     entries = json.loads(test_log.read_text())
     assert len(entries) == QUERIES  # the audit.config logged every response of the short run
     assert verdict.passed and indices == list(dict.fromkeys(e["qsl_idx"] for e in entries))
 
     changed = entries[0]["qsl_idx"]
     entries[0]["data"] = "FF" + entries[0]["data"][2:]
-    altered = tmp_path / checker.ACCURACY_LOG
+    altered = tmp_path / layout.ACCURACY_LOG
     altered.write_text(json.dumps(entries))
-    verdict, _ = submission.verify_test01_accuracy(accuracy_log, altered)
+    verdict, _ = verify_test01_accuracy(accuracy_log, altered)
     assert not verdict.passed
     assert f"qsl_idx [{changed}]" in verdict.text and "TEST FAIL" in verdict.text
 
 
 def test_non_deterministic_test01_writes_baseline_and_compliance_accuracy(automotive_results, tmp_path):
     results = copy_results(automotive_results, tmp_path)
-    test_log = results.scenario_dir / "TEST01" / "performance" / "run_1" / checker.ACCURACY_LOG
+    test_log = results.scenario_dir / "TEST01" / "performance" / "run_1" / layout.ACCURACY_LOG
     entries = json.loads(test_log.read_text())
     # A slightly different score of the top box: not bit-identical, same mAP.
     rows = np.frombuffer(bytes.fromhex(entries[0]["data"]), dtype=np.float32).reshape(-1, 6).copy()
@@ -694,11 +698,9 @@ def test_non_deterministic_test01_writes_baseline_and_compliance_accuracy(automo
     )
     acc_dir = TreePaths(tree, results.version).test01 / "accuracy"
     assert sorted(p.name for p in acc_dir.iterdir()) == sorted(
-        checker.TEST01_ACCURACY_FILES + checker.TEST01_NONDETERMINISTIC_FILES
+        layout.TEST01_ACCURACY_FILES + layout.TEST01_NONDETERMINISTIC_FILES
     )
-    assert checker.read_map(acc_dir / "baseline_accuracy.txt") == checker.read_map(
-        acc_dir / "compliance_accuracy.txt"
-    )
+    assert read_map(acc_dir / "baseline_accuracy.txt") == read_map(acc_dir / "compliance_accuracy.txt")
     assert "TEST FAIL" in (acc_dir.parent / "verify_accuracy.txt").read_text()
 
 
@@ -765,7 +767,7 @@ def test_copy_code_leaves_out_what_the_checker_forbids(tmp_path):
 
 
 def test_system_description_fills_every_field():
-    system, defaulted = submission.system_description(
+    system, defaulted = system_description(
         {"host_processor_model_name": "CPU X", "accelerators_per_node": 0, "python": "3.11", "device": "cpu"},
         SUBMITTER,
         "open",
@@ -776,9 +778,9 @@ def test_system_description_fills_every_field():
     assert len(system) == 35 and system["system_type"] == "adas"
     assert system["accelerators_per_node"] == "0" and system["framework"] == "pytorch 2.13"
     assert system["sw_notes"] == "python 3.11, device cpu"
-    assert "cooling" in defaulted and system["cooling"] == submission.NOT_APPLICABLE
-    with pytest.raises(submission.SubmissionError, match="available"):
-        submission.system_description({}, SUBMITTER, "open", SYSTEM, "available")
+    assert "cooling" in defaulted and system["cooling"] == NOT_APPLICABLE
+    with pytest.raises(SubmissionError, match="available"):
+        system_description({}, SUBMITTER, "open", SYSTEM, "available")
 
 
 def test_cli(automotive_results, tmp_path, capsys):
@@ -807,7 +809,10 @@ def test_cli(automotive_results, tmp_path, capsys):
     assert code == 0, out
     assert "tarball:" in out and (tmp_path / "sub.tar.gz").is_file()
     paths = TreePaths(tmp_path / "sub", version, implementation="mine")
-    assert paths.measurements_json.is_file() and (paths.code / "abtf_ssd" / "checker.py").is_file()
+    assert (
+        paths.measurements_json.is_file()
+        and (paths.code / "abtf_ssd" / "submission" / "checker.py").is_file()
+    )
     assert checker.check_submission(paths.root, version, allow_test_mode=True) == []
     assert (
         submission.main(
@@ -853,7 +858,7 @@ def test_a_harness_run_makes_an_open_submission(tiny_dataset, demo_onnx_model, t
             )
         )
     sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
-    (runs,) = submission.find_scenarios(results, SYSTEM)
+    (runs,) = find_scenarios(results, SYSTEM)
     assert runs.test01 == results / SYSTEM / "ssd" / SCENARIO / "TEST01" / "performance" / "run_1"
 
     tree = submission.generate_submission(

@@ -13,7 +13,8 @@ torchvision's ``ToTensor`` then ``Normalize`` compute it. ``gt_boxes`` comes fro
 resumably (a rerun skips samples whose file is complete), and finishes with a manifest
 ``dataset.json``; while a run is unfinished the folder holds ``dataset.partial.json`` instead.
 One set per folder. :func:`preprocess_sample` is the step for one frame, shared with
-:func:`abtf_ssd.data.store.preprocess_to_store`, which writes the same samples as a memory-mapped store.
+:func:`abtf_ssd.data.store_writer.preprocess_to_store`, which writes the same samples as a
+memory-mapped store.
 
 Pickles from a download can run code when loaded: :func:`load_sample` unpickles with an
 allow-list of the few numpy globals an ndarray needs and refuses everything else.

@@ -1,7 +1,11 @@
 """LoadGen: the round's rules and one benchmark run, from test settings to accuracy and report.
 
 - ``rules``: LoadGen rules per round (seeds, durations, counts, ConstantStream rate and bound);
-- ``harness``: the SUT and QSL, one run into ``<results>/<system>/ssd/<scenario>/``;
+- ``harness``: one run into ``<results>/<system>/ssd/<scenario>/``: its options and result, the
+  find-performance values it stores;
+- ``sut``: the QSL and the SUT LoadGen calls, the CTRL-C guard, starting LoadGen;
+- ``rate_search``: ConstantStream find-performance, the highest rate whose tail LoadGen's bound accepts;
+- ``dataset_checks``: what a run checks of its dataset before LoadGen starts;
 - ``build``: building the automotive LoadGen of a round;
 - ``accuracy``: the accuracy log -> mAP -> ``accuracy.txt``;
 - ``report``: reading LoadGen's summary and detail logs, the results table; ``show``: one frame drawn.

@@ -1,4 +1,9 @@
-"""The LoadGen harness: a QSL over a preprocessed folder, an SUT around a backend, one run a call.
+"""The LoadGen harness: one benchmark run a call, from :class:`RunOptions` to its results folder.
+
+Here: a run's options and result, its folders, the find-performance values it stores and later runs
+read (expected latency, ConstantStream's target QPS), and the run itself. The QSL, the SUT and the
+CTRL-C guard LoadGen calls are in :mod:`abtf_ssd.loadgen.sut`; what is checked of the dataset before
+a run, in :mod:`abtf_ssd.loadgen.dataset_checks`.
 
 Layout of the results (the submission's, section 7 of BENCHMARK.md)::
 
@@ -30,36 +35,41 @@ CTRL-C (SIGINT) during LoadGen: a Python exception must not cross LoadGen's C++ 
 dies of SIGSEGV), so the run's handler only sets a flag. From then on the QSL loads nothing and the
 SUT answers every query empty at once, so LoadGen runs out of queries and writes its logs; the
 folder's results.json says ``interrupted`` (INVALID) and :class:`RunInterrupted` ends the process
-with exit status 130. Should LoadGen not be done within :data:`INTERRUPT_GRACE_S` (a run scheduled
-by wall time), or on a second CTRL-C, results.json is written from what is on disk and the process
-exits 130 at once.
+with exit status 130. Should LoadGen not be done within
+:data:`~abtf_ssd.loadgen.sut.INTERRUPT_GRACE_S` (a run scheduled by wall time), or on a second CTRL-C,
+results.json is written from what is on disk and the process exits 130 at once.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import mlperf_loadgen as lg
-import numpy as np
 
-from abtf_ssd.cognata import SPLIT_PREFIXES, official_split, read_split
-from abtf_ssd.config import BENCHMARK_CONFIG, get_config
+from abtf_ssd.cognata import SPLIT_PREFIXES
+from abtf_ssd.config import BENCHMARK_CONFIG
 from abtf_ssd.data import metric
-from abtf_ssd.data.preprocess import read_manifest
-from abtf_ssd.data.store import Dataset, PickleDataset, SampleStore, open_dataset
+from abtf_ssd.data.store import open_dataset
 from abtf_ssd.fileio import atomic_write_json, atomic_write_text
 from abtf_ssd.loadgen import accuracy, report, rules
-from abtf_ssd.model.boxes import decode_batch
+from abtf_ssd.loadgen.dataset_checks import check_image_size, check_sample_files, check_whole_split
+from abtf_ssd.loadgen.sut import (
+    EXIT_INTERRUPTED,
+    INTERRUPT_GRACE_S,
+    Backend,
+    InterruptGuard,
+    QueryFailure,
+    SampleLibrary,
+    SystemUnderTest,
+    start_loadgen,
+    warm_up,
+)
 
 MODEL_DIR = "ssd"
 EXPECTED_LATENCY_FILE = "expected_latency_ns.txt"
@@ -82,18 +92,6 @@ _RUN_FILES = (
 )
 """Files a run writes; removed from the output folder first so that no stale file survives."""
 
-_NO_DETECTIONS = np.zeros((0, accuracy.DETECTION_COLUMNS), dtype=np.float32)
-INTERRUPT_GRACE_S = 10.0
-"""Seconds LoadGen gets after CTRL-C to run out of (empty-answered) queries and write its logs."""
-EXIT_INTERRUPTED = 130
-"""Exit status of an interrupted run: 128 + SIGINT, as a shell reports it."""
-MISSING_FILES_SHOWN = 5
-"""Missing sample files named in the error (of possibly thousands)."""
-
-
-class Backend(Protocol):
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
 
 class RunFailedError(RuntimeError):
     """A run in which some queries failed (raised, or used a sample that could not be loaded);
@@ -107,9 +105,9 @@ class RunFailedError(RuntimeError):
 class RunInterrupted(SystemExit):
     """CTRL-C ended the run after its folder was written (results.json status ``interrupted``).
 
-    A :class:`SystemExit` with code :data:`EXIT_INTERRUPTED`: left uncaught, the process exits 130
-    without a traceback, as a shell expects of an interrupted command; ``result`` holds what was
-    written.
+    A :class:`SystemExit` with code :data:`~abtf_ssd.loadgen.sut.EXIT_INTERRUPTED`: left uncaught, the
+    process exits 130 without a traceback, as a shell expects of an interrupted command; ``result``
+    holds what was written.
     """
 
     def __init__(self, message: str, result: RunResult) -> None:
@@ -157,12 +155,6 @@ class RunOptions:
     """Overrides the results layout (the folder LoadGen writes into)."""
     command: str | None = None
     """Written to command.txt; None records this process's command line."""
-
-
-@dataclass
-class QueryFailure:
-    samples: list[int]
-    error: str
 
 
 @dataclass
@@ -220,181 +212,6 @@ class RunResult:
             f"be loaded, and queries on them were answered with no detections ({consequence}): samples "
             f"{samples}; first error: {first} (details in {self.output_dir / RESULTS_JSON})"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# QSL and SUT
-
-
-class SampleLibrary:
-    """The QSL over a :class:`~abtf_ssd.data.store.Dataset`: loads the samples LoadGen asks for, keeps
-    every loaded sample's ``gt_boxes``, and records (instead of raising) what cannot be loaded."""
-
-    def __init__(self, dataset: Dataset, interrupt: threading.Event | None = None) -> None:
-        self.dataset = dataset
-        self.interrupt = interrupt if interrupt is not None else threading.Event()
-        self.ground_truth: dict[int, np.ndarray] = {}
-        self.load_errors: dict[int, str] = {}
-
-    def load(self, indices: list[int]) -> None:
-        for index in indices:
-            if self.interrupt.is_set():
-                return  # the SUT answers every query empty from now on
-            # An exception must not cross into LoadGen's thread: a sample that cannot be loaded
-            # fails the queries that use it instead.
-            try:
-                self.dataset.load([index])
-                self.ground_truth[index] = self.dataset.gt_boxes(index)
-            except Exception as e:  # noqa: BLE001
-                self.load_errors[index] = f"{type(e).__name__}: {e}"
-
-    def image(self, index: int) -> np.ndarray:
-        """float32 (1, 3, H, W) of a loaded sample."""
-        if index in self.load_errors:
-            raise LookupError(self.load_errors[index])
-        return self.dataset.image(index)
-
-    def unload(self, indices: list[int]) -> None:
-        self.dataset.unload(indices)
-
-
-class SystemUnderTest:
-    """Answers LoadGen's queries inline: predict, decode, respond. No per-query bookkeeping.
-
-    Once ``interrupt`` is set every query is answered at once with no detections (and not counted
-    as failed), so that LoadGen runs out of queries and finishes its logs; ``on_interrupted_query``
-    is called before each such answer (the run's :meth:`InterruptGuard.poll`).
-    """
-
-    def __init__(
-        self,
-        backend: Backend,
-        library: SampleLibrary,
-        config_name: str,
-        batch_size: int,
-        interrupt: threading.Event | None = None,
-    ) -> None:
-        self.backend = backend
-        self.library = library
-        self.config = get_config(config_name)
-        self.batch_size = max(1, batch_size)
-        self.interrupt = interrupt if interrupt is not None else threading.Event()
-        self.on_interrupted_query: Callable[[], None] | None = None
-        self.failures: list[QueryFailure] = []
-
-    def infer(self, indices: list[int]) -> list[np.ndarray]:
-        """Detections (K, 6) float32 C-contiguous for each sample index."""
-        if len(indices) == 1:
-            batch = self.library.image(indices[0])
-        else:
-            batch = np.concatenate([self.library.image(i) for i in indices], axis=0)
-        loc, conf = self.backend.predict(batch)
-        return [np.ascontiguousarray(d, dtype=np.float32) for d in decode_batch(loc, conf, self.config)]
-
-    def issue_queries(self, query_samples: list) -> None:
-        step = self.batch_size
-        for start in range(0, len(query_samples), step):
-            chunk = query_samples[start : start + step]
-            indices = [q.index for q in chunk]
-            if self.interrupt.is_set():
-                if self.on_interrupted_query is not None:
-                    self.on_interrupted_query()
-                detections = [_NO_DETECTIONS] * len(chunk)
-            else:
-                try:
-                    detections = self.infer(indices)
-                except Exception as e:  # noqa: BLE001 - any failure must still be answered
-                    self.failures.append(QueryFailure(indices, self._describe(indices, e)))
-                    detections = [_NO_DETECTIONS] * len(chunk)
-            # ``detections`` keeps the buffers alive until QuerySamplesComplete has copied them.
-            responses = [
-                lg.QuerySampleResponse(q.id, d.ctypes.data, d.nbytes)
-                for q, d in zip(chunk, detections, strict=True)
-            ]
-            lg.QuerySamplesComplete(responses)
-
-    def _describe(self, indices: list[int], error: Exception) -> str:
-        load_errors = [self.library.load_errors[i] for i in indices if i in self.library.load_errors]
-        if load_errors:
-            return f"sample could not be loaded: {load_errors[0]}"
-        return f"{type(error).__name__}: {error}"
-
-    def flush_queries(self) -> None:
-        pass
-
-
-class InterruptGuard:
-    """SIGINT while LoadGen runs: set ``event`` instead of raising KeyboardInterrupt.
-
-    LoadGen calls the QSL and SUT from the thread that started it, the main thread, which is where
-    Python runs signal handlers: a KeyboardInterrupt raised there would unwind LoadGen's C++ frames
-    (SIGSEGV). The first SIGINT sets ``event`` and starts a ``grace_s`` deadline; the second SIGINT,
-    or the deadline, calls ``abandon`` (write what can be written) and ends the process with exit
-    status 130. The deadline is checked by :meth:`poll` on every query answered while interrupted
-    (the main thread then holds the GIL most of the time, and a timer thread would hardly get it) and
-    by a timer thread for when no queries come. Outside the main thread (no handler can be installed
-    there) the guard does nothing.
-    """
-
-    def __init__(self, event: threading.Event, abandon: Callable[[], None], grace_s: float) -> None:
-        self.event = event
-        self.abandon = abandon
-        self.grace_s = grace_s
-        self._lock = threading.RLock()  # the handler may run in the thread inside __exit__
-        self._done = False
-        self._deadline: float | None = None
-        self._timer: threading.Timer | None = None
-        self._previous: Callable | int | None = None
-        self._installed = False
-
-    def __enter__(self) -> InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # Under the lock: a give-up already under way finishes (and exits) before the run goes on.
-        with self._lock:
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-        if self._installed:
-            # None: a handler not installed from Python; the default is the closest to it.
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            self._give_up()
-            return
-        self._deadline = time.monotonic() + self.grace_s
-        self.event.set()
-        print(
-            f"interrupted: answering the remaining queries empty so that LoadGen can write its logs "
-            f"(at most {self.grace_s:g} s; CTRL-C again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        self._timer = threading.Timer(self.grace_s, self._give_up)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def poll(self) -> None:
-        """Give up if the grace period after CTRL-C is over."""
-        if self._deadline is not None and time.monotonic() > self._deadline:
-            self._give_up()
-
-    def _give_up(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            try:
-                self.abandon()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                # LoadGen is still running its C++ threads: no interpreter shutdown, no unwinding.
-                os._exit(EXIT_INTERRUPTED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,96 +317,6 @@ def _prepare_output(out_dir: Path, audit_config: Path | None) -> None:
         shutil.copyfile(audit_config, audit_here)
 
 
-def _check_sample_files(dataset: Dataset, dataset_dir: Path, count: int) -> None:
-    """Each of the ``count`` sample files the QSL will serve exists (a stat each), before LoadGen starts.
-
-    Without this a missing file is found only when LoadGen's QSL opens it, and a performance run
-    may never ask for it. A memory-mapped store was checked when it was opened.
-    """
-    if not isinstance(dataset, PickleDataset):
-        return
-    missing = [dataset.path(i).name for i in range(count) if not dataset.path(i).is_file()]
-    if missing:
-        shown = ", ".join(missing[:MISSING_FILES_SHOWN])
-        if len(missing) > MISSING_FILES_SHOWN:
-            shown += ", ..."
-        raise FileNotFoundError(
-            f"{dataset_dir}: {len(missing)} of the {count} sample files this run needs are missing: {shown}"
-        )
-
-
-def _official_rows(prefix: str) -> tuple[int, str] | None:
-    """Rows of the official split whose samples are named ``<prefix>_<i>.pkl``, and the CSV's name."""
-    split = next((name for name, p in SPLIT_PREFIXES.items() if p == prefix), None)
-    if split is None:
-        return None
-    csv_path = official_split(split)
-    return len(read_split(csv_path)), f"the official {split} split {csv_path.name}"
-
-
-def _split_rows(dataset: Dataset) -> tuple[int, str] | None:
-    """How many rows the split the dataset was made from has, and which split; None when unknown.
-
-    A pickle folder of :func:`abtf_ssd.data.preprocess.build_preprocessed` records it in dataset.json; one
-    without a manifest is the official download. A store records the split it was made from: none for
-    an official download; its own ``split_rows`` when written (by preprocessing or a conversion) since
-    that field exists, else the dataset.json of the pickle folder it was converted from.
-    """
-    if isinstance(dataset, PickleDataset):
-        manifest = dataset.manifest
-        if manifest is None:
-            return _official_rows(dataset.prefix)
-    elif isinstance(dataset, SampleStore):
-        if dataset.manifest.get("split_csv_sha256") is None:
-            return _official_rows(dataset.prefix)
-        if isinstance(dataset.manifest.get("split_rows"), int):
-            manifest = dataset.manifest
-            rows = manifest["split_rows"]
-            return rows, f"split {manifest.get('split_csv')}"
-        source = dataset.manifest.get("source")
-        manifest = read_manifest(source) if source and Path(source).is_dir() else None
-        if manifest is None or manifest.get("split_csv_sha256") != dataset.manifest["split_csv_sha256"]:
-            return None
-    else:
-        return None
-    rows = manifest.get("split_rows")
-    return (rows, f"split {manifest.get('split_csv')}") if isinstance(rows, int) else None
-
-
-def _check_whole_split(dataset: Dataset, dataset_dir: Path) -> None:
-    """A valid run covers every row of its split: a part of it would give a number of other samples."""
-    split = _split_rows(dataset)
-    if split is not None and len(dataset) < split[0]:
-        rows, which = split
-        raise ValueError(
-            f"{dataset_dir}: holds {len(dataset)} samples, but {which} has {rows} rows; a valid run needs "
-            "them all: preprocess the whole split (or use execution_mode 'test' for a short run)"
-        )
-
-
-def _check_image_size(dataset: Dataset, dataset_dir: Path, config_name: str) -> None:
-    """The samples are the size the config's network takes; an official download is checked per sample."""
-    expected = tuple(get_config(config_name).image_size)
-    found = getattr(dataset, "image_size", None)
-    if found is not None and tuple(found) != expected:
-        raise ValueError(
-            f"{dataset_dir}: samples are {found[0]}x{found[1]} (HxW), config {config_name!r} takes "
-            f"{expected[0]}x{expected[1]}: preprocess the split for that config"
-        )
-    if isinstance(dataset, PickleDataset):
-        dataset.image_size = expected
-
-
-def _warm_up(sut: SystemUnderTest, library: SampleLibrary, batch_size: int) -> None:
-    """One inference before timing starts, in every mode: lazy initialisation stays out of the first
-    query, and a model whose output shapes only a forward pass shows is refused before LoadGen."""
-    library.load([0])
-    if 0 in library.load_errors:
-        raise ValueError(f"warm-up: sample 0 could not be loaded: {library.load_errors.pop(0)}")
-    sut.infer([0] * batch_size)
-    library.unload([0])
-
-
 def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     """Run LoadGen once as ``options`` say and write the results folder; return its numbers.
 
@@ -608,12 +335,12 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     dataset_dir = Path(options.dataset_dir)
     dataset = open_dataset(dataset_dir, options.dataset_prefix)
     if options.execution_mode == "valid" and options.mode != "find-performance":
-        _check_whole_split(dataset, dataset_dir)
+        check_whole_split(dataset, dataset_dir)
     total = len(dataset)
     short = options.execution_mode == "test" or options.mode == "find-performance"
     if short:
         total = min(total, options.test_query_count)
-    _check_sample_files(dataset, dataset_dir, total)
+    check_sample_files(dataset, dataset_dir, total)
     round_rules = rules.get_round(options.round)
     performance_count = min(options.performance_sample_count or round_rules.performance_sample_count, total)
     if options.performance_sample_count is not None and options.performance_sample_count > performance_count:
@@ -664,11 +391,11 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
             options.framework, options.model_path, options.device, options.threads, options.config_name
         )
     options = replace(options, config_name=_config_name(options, backend))
-    _check_image_size(dataset, dataset_dir, options.config_name)
+    check_image_size(dataset, dataset_dir, options.config_name)
     interrupt = threading.Event()
     library = SampleLibrary(dataset, interrupt)
     sut = SystemUnderTest(backend, library, options.config_name, options.batch_size, interrupt)
-    _warm_up(sut, library, options.batch_size if options.scenario != "SingleStream" else 1)
+    warm_up(sut, library, options.batch_size if options.scenario != "SingleStream" else 1)
 
     # Nothing refused the run: from here on the folder is this run's.
     _prepare_output(out_dir, audit_config)
@@ -696,7 +423,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     guard = InterruptGuard(interrupt, abandon, INTERRUPT_GRACE_S)
     sut.on_interrupted_query = guard.poll
     with guard:
-        _start_loadgen(sut, library, settings, out_dir, total, performance_count)
+        start_loadgen(sut, library, settings, out_dir, total, performance_count)
 
     _write_effective_user_conf(out_dir, options)
     result = _collect(options, out_dir, sut, library, total, expected_latency, interrupt.is_set())
@@ -724,29 +451,6 @@ def _config_name(options: RunOptions, backend: Backend) -> str:
     if options.config_name is not None and served is not None and served != options.config_name:
         raise ValueError(f"the model is for config {served!r}, not the requested {options.config_name!r}")
     return options.config_name or served or BENCHMARK_CONFIG
-
-
-def _start_loadgen(
-    sut: SystemUnderTest,
-    library: SampleLibrary,
-    settings: lg.TestSettings,
-    out_dir: Path,
-    total: int,
-    performance_count: int,
-) -> None:
-    log_settings = lg.LogSettings()
-    log_settings.log_output.outdir = str(out_dir)
-    log_settings.log_output.copy_summary_to_stdout = False
-    sut_handle = lg.ConstructSUT(sut.issue_queries, sut.flush_queries)
-    qsl_handle = lg.ConstructQSL(total, performance_count, library.load, library.unload)
-    previous_cwd = os.getcwd()
-    try:
-        os.chdir(out_dir)
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings)
-    finally:
-        os.chdir(previous_cwd)
-        lg.DestroyQSL(qsl_handle)
-        lg.DestroySUT(sut_handle)
 
 
 def _summary_so_far(options: RunOptions, out_dir: Path, sut: SystemUnderTest) -> report.RunSummary:

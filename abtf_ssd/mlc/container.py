@@ -21,6 +21,11 @@ command line that mlcflow parses into the same tags, variations and inputs.
 Commands are argument lists, never shell strings, so a path with spaces, quotes or ``$(...)`` reaches
 docker as one argument. ``--docker_dryrun`` prints them (shell-quoted) and writes the Dockerfile next
 to the results instead of running them; that also works where no Docker engine is installed.
+
+Kept whole, a little over 600 lines: one path, from the request mlcflow parsed to the docker
+commands that repeat it inside the container, read best in one go as this docstring walks it. The
+request's parsing and writing back (which ``_all-scenarios`` also uses, to repeat a request once a
+scenario) are its first half; should the module grow, they are the part to move out.
 """
 
 from __future__ import annotations

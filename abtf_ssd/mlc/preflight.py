@@ -296,7 +296,7 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
     from abtf_ssd.mlc.scripts import env_store_kind
     from abtf_ssd.model.backends import FRAMEWORKS, check_device, normalize_device, parse_device
     from abtf_ssd.model.backends.onnxruntime_backend import DEVICE_KINDS
-    from abtf_ssd.submission.checker import DIVISIONS
+    from abtf_ssd.submission.layout import DIVISIONS
     from abtf_ssd.submission.sysinfo import model_problem, nvidia_gpus
 
     inputs = _Inputs(env, flags)

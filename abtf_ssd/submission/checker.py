@@ -1,35 +1,19 @@
 """Check an MLPerf Automotive submission tree the way each round's official checker does.
 
-The tree of round v1.0 (the official checker's layout for that round)::
-
-    <root>/                      only .md / .pdf files
-      closed|open/<submitter>/
-        systems/<system>.json    35 fields, system_type "adas"
-        src/ssd/...              the code
-        results/<system>/ssd/<scenario>/
-          user.conf README.md measurements.json
-          performance/run_1/     mlperf_log_summary.txt mlperf_log_detail.txt [mlperf_log_accuracy.json]
-          accuracy/              mlperf_log_summary.txt mlperf_log_detail.txt accuracy.txt
-                                 mlperf_log_accuracy.json (<= 10 KiB, truncated)
-          TEST01/ (closed)       verify_performance.txt verify_accuracy.txt
-                                 performance/run_1/{summary, detail} accuracy/{log, accuracy.txt}
-
-Round v0.5 keeps the measurement files and the code apart (:data:`LAYOUTS`)::
-
-      closed|open/<submitter>/
-        systems/<system>.json
-        code/ssd/<implementation>/...
-        measurements/<system>/ssd/<scenario>/  user.conf README.md <system>_<implementation>_<scenario>.json
-        results/<system>/ssd/<scenario>/       performance/run_1/ accuracy/
-        compliance/<system>/ssd/<scenario>/TEST01/ (closed; the v0.5 checker does not check it)
+Where each round looks and what it asks for (the tree layouts, names, fields, rule ids and the
+official wording) is in :mod:`abtf_ssd.submission.layout`; how the logs are read, in
+:mod:`abtf_ssd.submission.logs`. Here: the checks themselves, from the tree's root down to each
+result's logs, and their command line (``python -m abtf_ssd.submission.checker``). Kept whole, a
+little over 600 lines: the checks are one walk down the tree, each calling the next, and read best
+in that order.
 
 Every rule yields a :class:`CheckError` that names the file or folder it concerns, a short rule
 id (``seed``, ``percentile``, ...) and, where the official checker has the same rule, its message
-(:data:`OFFICIAL_MESSAGES`). ``allow_test_mode`` relaxes exactly the run-length rules in
-:data:`TEST_MODE_RELAXED_RULES`, which a short test-mode run cannot meet; the findings it relaxed
-are still reported (:attr:`CheckReport.relaxed`). As in the official checker, an mAP under the
-target is an error in the closed division and a warning in the open one
-(:attr:`CheckReport.warnings`).
+(:data:`~abtf_ssd.submission.layout.OFFICIAL_MESSAGES`). ``allow_test_mode`` relaxes exactly the
+run-length rules in :data:`~abtf_ssd.submission.layout.TEST_MODE_RELAXED_RULES`, which a short
+test-mode run cannot meet; the findings it relaxed are still reported (:attr:`CheckReport.relaxed`).
+As in the official checker, an mAP under the target is an error in the closed division and a
+warning in the open one (:attr:`CheckReport.warnings`).
 
 One stricter rule than the upstream checker: a closed-division result must come from the
 automotive LoadGen (its detail log has the ``effective_use_grouped_qsl`` and
@@ -49,221 +33,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abtf_ssd.loadgen.report import LogFormatError, detail_messages
-from abtf_ssd.loadgen.report import read_detail_log as read_detail_records
-from abtf_ssd.loadgen.rules import (
-    AUTOMOTIVE_LOADGEN_HINT,
-    MODEL_NAME,
-    ROUND_SCENARIOS,
-    SINGLE_STREAM_METRIC,
-    RoundRules,
-    get_round,
+from abtf_ssd.loadgen.report import LogFormatError
+from abtf_ssd.loadgen.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME, RoundRules, get_round
+from abtf_ssd.submission.layout import (
+    ACCURACY_FILES,
+    ACCURACY_LOG,
+    ACCURACY_TXT,
+    DETAIL_LOG,
+    DIVISIONS,
+    IGNORED_EXTRA_FILES,
+    IGNORED_ROOT_FOLDERS,
+    MAP_TARGET,
+    MAX_ACCURACY_LOG_BYTES,
+    MAX_FILE_BYTES,
+    MEASUREMENT_FIELDS,
+    OFFICIAL_MESSAGES,
+    OPTIONAL_SCENARIOS,
+    PERFORMANCE_FILES,
+    REQUIRED_SCENARIOS,
+    STATUSES,
+    SYSTEM_FIELDS,
+    SYSTEM_MEANINGFUL_FIELDS,
+    SYSTEM_TYPE,
+    TEST01_ACCURACY_DELTA_PERCENT,
+    TEST01_ACCURACY_FILES,
+    TEST01_NONDETERMINISTIC_FILES,
+    TEST_MODE_RELAXED_RULES,
+    TRUNCATION_MARKER,
+    WARNING_RULES,
+    TreeLayout,
+    layout,
+)
+from abtf_ssd.submission.logs import (
+    is_automotive_loadgen,
+    loadgen_description,
+    read_detail,
+    read_hash,
+    read_map,
 )
 
-MAP_TARGET = 0.7179 * 0.999
-"""The checker's mAP threshold: 99.9 % of the reference mAP as the checker rounds it (0.7171821)."""
-
-TEST01_ACCURACY_DELTA_PERCENT = 1.0
-"""Non-deterministic TEST01: how far baseline and compliance mAP may differ (upstream's ssd value)."""
-
-DIVISIONS = ("closed", "open")
-STATUSES = ("hardened", "development", "engineering_samples", "presilicon")
-SYSTEM_TYPE = "adas"
-REQUIRED_SCENARIOS = ROUND_SCENARIOS[:1]
-OPTIONAL_SCENARIOS = ROUND_SCENARIOS[1:]
-RESULT_KEY = SINGLE_STREAM_METRIC
-"""Detail-log key of the reported SingleStream metric (ns); ConstantStream's is the round's."""
-DEFAULT_IMPLEMENTATION = "reference"
-"""The implementation name of the v0.5 layout (``code/ssd/<implementation>``)."""
-AUTOMOTIVE_LOADGEN_KEYS = ("effective_use_grouped_qsl", "effective_server_constant_gen")
-"""Settings only the automotive LoadGen logs: their presence tells which LoadGen wrote a log."""
-
-SYSTEM_FIELDS = (
-    "division",
-    "submitter",
-    "status",
-    "system_name",
-    "number_of_nodes",
-    "host_processor_model_name",
-    "host_processors_per_node",
-    "host_processor_core_count",
-    "host_memory_capacity",
-    "host_storage_capacity",
-    "host_storage_type",
-    "accelerators_per_node",
-    "accelerator_model_name",
-    "accelerator_memory_capacity",
-    "framework",
-    "operating_system",
-    "system_type",
-    "other_software_stack",
-    "host_processor_frequency",
-    "host_processor_caches",
-    "host_memory_configuration",
-    "host_processor_interconnect",
-    "host_networking",
-    "host_networking_topology",
-    "accelerator_frequency",
-    "accelerator_host_interconnect",
-    "accelerator_interconnect",
-    "accelerator_interconnect_topology",
-    "accelerator_memory_configuration",
-    "accelerator_on-chip_memories",
-    "cooling",
-    "hw_notes",
-    "sw_notes",
-    "host_network_card_count",
-    "system_type_detail",
-)
-"""The 35 fields every ``systems/<system>.json`` must have."""
-
-SYSTEM_MEANINGFUL_FIELDS = (
-    "division",
-    "submitter",
-    "system_type",
-    "status",
-    "system_name",
-    "number_of_nodes",
-    "host_processor_model_name",
-    "host_processors_per_node",
-    "host_processor_core_count",
-    "host_memory_capacity",
-    "host_memory_configuration",
-    "host_storage_capacity",
-    "host_storage_type",
-    "host_networking",
-    "host_network_card_count",
-    "host_networking_topology",
-    "accelerators_per_node",
-    "accelerator_model_name",
-    "accelerator_memory_capacity",
-    "accelerator_host_interconnect",
-    "accelerator_memory_configuration",
-    "accelerator_interconnect",
-    "cooling",
-    "framework",
-    "operating_system",
-    "other_software_stack",
-)
-"""Fields the checker also wants non-empty (a falsy value, 0 included, fails)."""
-
-MEASUREMENT_FIELDS = (
-    "input_data_types",
-    "retraining",
-    "starting_weights_filename",
-    "weight_data_types",
-    "weight_transformations",
-)
-
-SUMMARY_LOG = "mlperf_log_summary.txt"
-DETAIL_LOG = "mlperf_log_detail.txt"
-ACCURACY_LOG = "mlperf_log_accuracy.json"
-ACCURACY_TXT = "accuracy.txt"
-PERFORMANCE_FILES = (SUMMARY_LOG, DETAIL_LOG)
-ACCURACY_FILES = (SUMMARY_LOG, DETAIL_LOG, ACCURACY_TXT, ACCURACY_LOG)
-TEST01_ACCURACY_FILES = (ACCURACY_LOG, ACCURACY_TXT)
-TEST01_NONDETERMINISTIC_FILES = ("baseline_accuracy.txt", "compliance_accuracy.txt")
-IGNORED_EXTRA_FILES = ("mlperf_log_trace.json", "results.json", ".gitkeep")
-"""Files the upstream checker tolerates beside the required ones in a log folder."""
-IGNORED_ROOT_FOLDERS = (".git", ".github", "assets")
-
-MAX_ACCURACY_LOG_BYTES = 10 * 1024
-MAX_FILE_BYTES = 50 * 1024 * 1024
-TRUNCATION_MARKER = "\n\n...\n\n"
-"""What the truncation tool writes between the kept head and tail of an accuracy log."""
-
-MAP_PATTERN = re.compile(r"^mAP:\s*([0-9.]+)")
-HASH_PATTERN = re.compile(r"^hash=([\w\d]+)$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
-TEST_MODE_RELAXED_RULES: dict[str, str] = {
-    "result-valid": "LoadGen result VALID",
-    "min-duration": "min_duration >= 600000 ms",
-    "min-query-count": "minimum query count / early stopping met",
-    "perf-sample-count": "performance sample count >= 128",
-    "test01-perf-score": "TEST01 performance within 10 % of the submission run (two short runs: noise)",
-}
-"""The run-length rules a test-mode run cannot meet, relaxed by ``allow_test_mode`` (rule id -> what
-it asks). The mAP target is not among them: a closed result under it fails in every mode."""
-
-WARNING_RULES = {"map-target-open": "mAP under the target: accepted for the open division only"}
-"""Findings that are warnings, not errors (the official checker logs them and accepts the result)."""
-
-OFFICIAL_MESSAGES: dict[str, str] = {
-    "result-valid": "result is INVALID / Reference results are invalid",
-    "min-duration": "Test duration lesser than ... ms",
-    "min-query-count": "Early stopping condition was not met / too few queries",
-    "perf-sample-count": "performance_sample_count, found ..., needs to be >= 128",
-    "seed": "seeds are wrong",
-    "percentile": "target_latency_percentile is required to be 0.999",
-    "constant-gen": "constant_gen is required to be set to True",
-    "detail-error": "Detected errors in mlperf_log_detail.txt",
-    "map-target": "accuracy not valid (Accuracy = ..., Threshold = ...)",
-    "map-target-open": "accuracy not valid but taken for open",
-    "measure-files": "<measurement dir> is missing user.conf / README.md",
-    "measurements-json": "<result>, field ... is missing (meaningful value)",
-    "measurements-dir": "no measurement_dir for ...",
-    "code-dir": "... is missing code_dir ...",
-    "acc-files": "... has file list mismatch",
-    "perf-files": "... has file list mismatch",
-    "acc-log-size": "accuracy log is too large",
-    "acc-hash": "hash in accuracy.txt",
-    "system-field": "field ... is missing (meaningful value)",
-    "system-type": "has invalid system type",
-    "status": "has invalid status",
-    "test01-missing": "Missing TEST01 in compliance dir",
-    "test01-perf": "Compliance test performance check in ... failed",
-    "test01-perf-score": "Compliance test performance check in ... failed",
-    "test01-acc": "compliance TEST01 accuracy dir: file list mismatch / non-deterministic check failed",
-    "root-files": "Root contains files outside division folder",
-    "scenario": "... ignoring scenario ... (neither required nor optional)",
-}
-"""Rule id -> the official checker's wording of the same rule, quoted in our messages."""
-
-
-@dataclass(frozen=True)
-class TreeLayout:
-    """Where a round's official checker looks for each part of a submitter's folder."""
-
-    round: str
-    code_folder: str
-    """``src`` (v1.0: ``src/ssd``) or ``code`` (v0.5: ``code/ssd/<implementation>``)."""
-    separate_measurements: bool
-    """v0.5: ``measurements/<system>/ssd/<scenario>/``; v1.0: the results scenario folder."""
-
-    def code_dir(self, submitter_dir: Path, implementation: str = DEFAULT_IMPLEMENTATION) -> Path:
-        base = submitter_dir / self.code_folder / MODEL_NAME
-        return base / implementation if self.separate_measurements else base
-
-    def measurements_dir(self, submitter_dir: Path, system: str, scenario: str) -> Path:
-        top = "measurements" if self.separate_measurements else "results"
-        return submitter_dir / top / system / MODEL_NAME / scenario
-
-    def measurements_file(
-        self, system: str, scenario: str, implementation: str = DEFAULT_IMPLEMENTATION
-    ) -> str:
-        return (
-            f"{system}_{implementation}_{scenario}.json"
-            if self.separate_measurements
-            else "measurements.json"
-        )
-
-    def compliance_dir(self, submitter_dir: Path, system: str, scenario: str) -> Path:
-        """The folder that holds ``TEST01/``."""
-        top = "compliance" if self.separate_measurements else "results"
-        return submitter_dir / top / system / MODEL_NAME / scenario
-
-
-LAYOUTS: dict[str, TreeLayout] = {
-    "v0.5": TreeLayout("v0.5", code_folder="code", separate_measurements=True),
-    "v1.0": TreeLayout("v1.0", code_folder="src", separate_measurements=False),
-}
-
-
-def layout(round: str) -> TreeLayout:
-    """The tree layout of ``round`` (a :class:`rules.RulesError` for an unknown one)."""
-    get_round(round)
-    return LAYOUTS[round]
 
 
 class CheckerInputError(ValueError):
@@ -307,87 +116,6 @@ class CheckReport:
     def rules(self) -> set[str]:
         """The rule ids of the errors."""
         return {error.rule for error in self.errors}
-
-
-# --------------------------------------------------------------------------------------------
-# LoadGen logs
-
-
-def read_detail(path: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """Values of ``mlperf_log_detail.txt`` by key and the messages LoadGen flagged as errors.
-
-    The first record of a repeated key wins, as in the upstream checker's log parser; a
-    ``num_errors`` above the flagged messages counts as an error too.
-
-    Raises:
-        LogFormatError: the file is unreadable, has a bad MLLOG line or no MLLOG line at all.
-    """
-    path = Path(path)
-    try:
-        records = read_detail_records(path)
-    except OSError as exc:
-        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    values: dict[str, Any] = {}
-    for record in records:
-        if "key" in record:
-            values.setdefault(record["key"], record.get("value"))
-    if not values:
-        raise LogFormatError(f"{path}: no ':::MLLOG' records; not a LoadGen detail log")
-    errors = detail_messages(records, "is_error")
-    num_errors = values.get("num_errors")
-    if isinstance(num_errors, int) and num_errors > len(errors):
-        errors.append(f"num_errors: {num_errors}")
-    return values, errors
-
-
-def is_automotive_loadgen(values: dict[str, Any]) -> bool:
-    """Whether a detail log (values from :func:`read_detail`) was written by the automotive LoadGen."""
-    return all(key in values for key in AUTOMOTIVE_LOADGEN_KEYS)
-
-
-def loadgen_description(values: dict[str, Any]) -> str:
-    """``"automotive LoadGen <version>"`` or ``"inference LoadGen <version> (PyPI mlcommons-loadgen)"``."""
-    version = values.get("loadgen_version", "unknown version")
-    if is_automotive_loadgen(values):
-        return f"automotive LoadGen {version}"
-    return f"inference LoadGen {version} (PyPI mlcommons-loadgen)"
-
-
-def read_accuracy_entries(path: str | Path) -> list[dict[str, Any]]:
-    """Entries ``{seq_id, qsl_idx, data}`` of an (untruncated) ``mlperf_log_accuracy.json``."""
-    path = Path(path)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise LogFormatError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); truncated?") from None
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and "qsl_idx" in e and "data" in e for e in entries
-    ):
-        raise LogFormatError(f"{path}: expected a list of {{qsl_idx, data}} entries")
-    return entries
-
-
-def read_map(path: str | Path) -> float | None:
-    """The value of the first ``mAP: <value>`` line of an accuracy.txt, None if there is none."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        match = MAP_PATTERN.match(line)
-        if match:
-            try:
-                return float(match.group(1))
-            except ValueError:
-                return None
-    return None
-
-
-def read_hash(path: str | Path) -> str | None:
-    """The value of the ``hash=`` line of an accuracy.txt, None if there is none."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        match = HASH_PATTERN.match(line)
-        if match:
-            return match.group(1)
-    return None
 
 
 def sha256_file(path: str | Path) -> str:

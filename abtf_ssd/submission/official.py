@@ -261,7 +261,8 @@ def check_with_official(
     Passed: the official checker found nothing our checker (without test-mode relaxations) did not,
     and, outside test mode, nothing at all. In test mode the run-length findings are expected.
     """
-    from abtf_ssd.submission.checker import TEST_MODE_RELAXED_RULES, run_checks
+    from abtf_ssd.submission.checker import run_checks
+    from abtf_ssd.submission.layout import TEST_MODE_RELAXED_RULES
 
     verdict = run_submission_checker(tools, submission_dir, version)
     ours = run_checks(submission_dir, version).rules

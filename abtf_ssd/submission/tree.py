@@ -9,24 +9,27 @@ Input, as written by :mod:`abtf_ssd.loadgen.harness` (one folder per scenario)::
     <results_dir>/<system>/mlc-sut-info.json (or <results_dir>/mlc-sut-info.json): the system
 
 Output: ``<submission_dir>/<division>/<submitter>/`` in the layout of the round's official
-checker (:data:`abtf_ssd.submission.checker.LAYOUTS`: v1.0 ``{systems, src/ssd, results}``, v0.5 ``{systems,
+checker (:data:`abtf_ssd.submission.layout.LAYOUTS`: v1.0 ``{systems, src/ssd, results}``, v0.5 ``{systems,
 code/ssd/<implementation>, measurements, results, compliance}``). The accuracy log is truncated
 the way the upstream truncation tool does it (first and last 4096 bytes around
 ``"\\n\\n...\\n\\n"``) when it is over 10 KiB, and ``hash=<sha256 of the original log>`` is appended
-to accuracy.txt. For the closed division, TEST01 is verified here: performance (early-stopping
-estimates within 10 %, 20 % at or under 200 us) and accuracy (each compliance-log response equals
-the accuracy run's response for that ``qsl_idx``); with ``official_tools`` (an unpacked
-mlperf_automotive checkout) the round's own TEST01 scripts verify it instead
-(:func:`abtf_ssd.submission.official.verify_test01`). A closed-division result needs the automotive LoadGen;
-logs of the PyPI inference LoadGen are refused for it
-(:func:`abtf_ssd.submission.checker.is_automotive_loadgen`) and accepted, with a note, for the open division.
+to accuracy.txt. For the closed division, TEST01 is verified (:mod:`abtf_ssd.submission.test01`):
+performance (early-stopping estimates within 10 %, 20 % at or under 200 us) and accuracy (each
+compliance-log response equals the accuracy run's response for that ``qsl_idx``); with
+``official_tools`` (an unpacked mlperf_automotive checkout) the round's own TEST01 scripts verify it
+instead (:func:`abtf_ssd.submission.official.verify_test01`). A closed-division result needs the
+automotive LoadGen; logs of the PyPI inference LoadGen are refused for it
+(:func:`abtf_ssd.submission.logs.is_automotive_loadgen`) and accepted, with a note, for the open division.
 The finished tree is checked with :func:`abtf_ssd.submission.checker.run_checks`.
+
+Here: the generator itself (:func:`generate_submission` and its command line), the accuracy-log
+truncation and the code folder and tarball. The runs it reads are in :mod:`abtf_ssd.submission.runs`,
+the system JSON, measurements and README.md it writes in :mod:`abtf_ssd.submission.describe`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -36,37 +39,49 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import abtf_ssd
 from abtf_ssd.fileio import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
-from abtf_ssd.loadgen.harness import COMMAND_TXT, COMPLIANCE_TEST, RESULTS_JSON, USER_CONF
+from abtf_ssd.loadgen.harness import COMMAND_TXT, COMPLIANCE_TEST, USER_CONF
 from abtf_ssd.loadgen.report import LogFormatError
-from abtf_ssd.loadgen.rules import AUTOMOTIVE_LOADGEN_HINT, METRIC_LABELS, MODEL_NAME, get_round
+from abtf_ssd.loadgen.rules import AUTOMOTIVE_LOADGEN_HINT, MODEL_NAME
 from abtf_ssd.submission import checker
-from abtf_ssd.submission.checker import (
+from abtf_ssd.submission.checker import CheckError, sha256_file
+from abtf_ssd.submission.describe import NOT_APPLICABLE, measurements, scenario_readme, system_description
+from abtf_ssd.submission.layout import (
     ACCURACY_LOG,
     ACCURACY_TXT,
     DEFAULT_IMPLEMENTATION,
     DETAIL_LOG,
     DIVISIONS,
     MAP_TARGET,
-    RESULT_KEY,
+    MAX_ACCURACY_LOG_BYTES,
+    MAX_FILE_BYTES,
     STATUSES,
     SUMMARY_LOG,
-    SYSTEM_FIELDS,
-    SYSTEM_TYPE,
+    TEST_MODE_RELAXED_RULES,
     TRUNCATION_MARKER,
-    CheckError,
     TreeLayout,
+    layout,
+)
+from abtf_ssd.submission.logs import (
     is_automotive_loadgen,
     loadgen_description,
     read_accuracy_entries,
     read_detail,
     read_map,
-    sha256_file,
 )
-from abtf_ssd.submission.sysinfo import SUT_INFO_NAME
+from abtf_ssd.submission.runs import (
+    ScenarioRuns,
+    SubmissionError,
+    check_run_status,
+    copy_atomic,
+    find_dataset_dir,
+    find_scenarios,
+    load_sut_info,
+    read_run_info,
+)
+from abtf_ssd.submission.test01 import write_test01
 
 logger = logging.getLogger(__name__)
 
@@ -74,27 +89,11 @@ DEFAULT_STATUS = "development"
 TRUNCATE_KEEP_BYTES = 4096
 """Bytes of the accuracy log kept at its head and at its tail when it is truncated."""
 
-TEST01_TOLERANCE = 0.10
-TEST01_SHORT_LATENCY_TOLERANCE = 0.20
-TEST01_SHORT_LATENCY_NS = 200_000
-"""At or under 200 us the TEST01 performance check allows 20 % (run-to-run OS noise)."""
-
-NOT_APPLICABLE = "N/A"
-DEFAULT_MEASUREMENTS = {
-    "input_data_types": "fp32",
-    "retraining": "no",
-    "weight_data_types": "fp32",
-    "weight_transformations": "none",
-}
 INFERENCE_LOADGEN_WHY = (
     "the PyPI mlcommons-loadgen wheel is the inference LoadGen: it has no ConstantStream and no "
     "ssd in its built-in config, and in performance mode it loads samples 0..127 instead of a "
     "seeded random 128, so its logs are not valid closed-division automotive results"
 )
-
-
-class SubmissionError(ValueError):
-    """Results that cannot make a submission; the message names the file and what is wrong."""
 
 
 class SubmissionCheckError(SubmissionError):
@@ -104,271 +103,6 @@ class SubmissionCheckError(SubmissionError):
         self.errors = errors
         lines = "\n".join(f"  {e}" for e in errors)
         super().__init__(f"the generated submission fails {len(errors)} check(s):\n{lines}")
-
-
-@dataclass(frozen=True)
-class ScenarioRuns:
-    """The harness folders of one scenario."""
-
-    name: str
-    performance: Path
-    accuracy: Path
-    test01: Path | None
-
-
-@dataclass(frozen=True)
-class Test01Verdict:
-    passed: bool
-    text: str
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the results
-
-
-def find_scenarios(results_dir: Path, system_name: str) -> list[ScenarioRuns]:
-    """Scenario folders under ``<results_dir>/<system_name>/ssd`` with their runs."""
-    model_dir = results_dir / system_name / MODEL_NAME
-    if not model_dir.is_dir():
-        raise SubmissionError(
-            f"{model_dir}: no results for system {system_name!r} (expected <system>/ssd/<scenario>)"
-        )
-    scenarios = []
-    for scenario_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-        performance = scenario_dir / "performance" / "run_1"
-        accuracy = scenario_dir / "accuracy"
-        for folder, what in ((performance, "performance run"), (accuracy, "accuracy run")):
-            if not (folder / DETAIL_LOG).is_file():
-                raise SubmissionError(f"{folder}: the {what} is missing ({DETAIL_LOG} not found)")
-        test01 = None
-        for candidate in (
-            scenario_dir / COMPLIANCE_TEST / "performance" / "run_1",
-            scenario_dir / COMPLIANCE_TEST,
-        ):
-            if (candidate / DETAIL_LOG).is_file():
-                test01 = candidate
-                break
-        scenarios.append(ScenarioRuns(scenario_dir.name, performance, accuracy, test01))
-    if not scenarios:
-        raise SubmissionError(f"{model_dir}: no scenario folders")
-    return scenarios
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SubmissionError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise SubmissionError(f"{path}: expected a JSON object")
-    return value
-
-
-def load_sut_info(results_dir: Path, system_name: str, sut_info: dict | str | Path | None) -> dict[str, Any]:
-    """The system description: ``sut_info`` itself, the file it names, or mlc-sut-info.json of the results."""
-    if isinstance(sut_info, dict):
-        return dict(sut_info)
-    if sut_info is not None:
-        return _read_json(Path(sut_info))
-    for candidate in (results_dir / system_name / SUT_INFO_NAME, results_dir / SUT_INFO_NAME):
-        if candidate.is_file():
-            return _read_json(candidate)
-    raise SubmissionError(
-        f"no system description: neither {results_dir / system_name / SUT_INFO_NAME} nor "
-        f"{results_dir / SUT_INFO_NAME} exists; write it with `abtf-ssd sysinfo` or pass sut_info"
-    )
-
-
-def check_run_status(runs: ScenarioRuns) -> None:
-    """Refuse a run whose harness results.json says it did not complete: ``failed`` (queries answered
-    with no detections) or ``interrupted`` (CTRL-C). Runs without a results.json, or one without a
-    status, are not judged here."""
-    for folder in (runs.performance, runs.accuracy, runs.test01):
-        path = folder / RESULTS_JSON if folder is not None else None
-        if path is None or not path.is_file():
-            continue
-        record = _read_json(path)
-        status = record.get("status", "ok")
-        if status != "ok":
-            raise SubmissionError(
-                f"{path}: the run's status is {status!r}, not 'ok' (failed queries were answered with no "
-                "detections, or it was interrupted); rerun it before packaging a submission"
-            )
-
-
-def _run_info(runs: ScenarioRuns) -> dict[str, Any]:
-    """What the harness's results.json says of a run: its ``options`` (model_path, framework,
-    device, config_name, ...) and top-level entries (dataset_dir, ...); {} without one.
-
-    The performance run's, else the accuracy run's.
-    """
-    for folder in (runs.performance, runs.accuracy):
-        if (folder / RESULTS_JSON).is_file():
-            data = _read_json(folder / RESULTS_JSON)
-            options = data.get("options")
-            return {**(options if isinstance(options, dict) else {}), **data}
-    return {}
-
-
-# --------------------------------------------------------------------------------------------
-# systems/<system>.json, measurements.json, README.md
-
-
-def _text(value: Any) -> str:
-    # The checker wants meaningful fields truthy: a count of 0 must be "0", not 0.
-    return (
-        value
-        if isinstance(value, str)
-        else json.dumps(value)
-        if isinstance(value, (list, dict))
-        else str(value)
-    )
-
-
-def system_description(
-    sut_info: dict[str, Any],
-    submitter: str,
-    division: str,
-    system_name: str,
-    status: str,
-    run_info: dict[str, Any] | None = None,
-) -> tuple[dict[str, str], list[str]]:
-    """The 35 fields of ``systems/<system>.json`` and the names of those nothing described.
-
-    Fields come from ``sut_info`` (:func:`abtf_ssd.submission.sysinfo.collect` uses the same names); the
-    user's submitter, division, system name and status win; ``system_type`` is always "adas".
-    The framework falls back to the run's results.json, ``sw_notes`` to the Python version and
-    device of the description. Fields still unknown become "N/A" (and are returned).
-    """
-    if status not in STATUSES:
-        raise SubmissionError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    run_info = run_info or {}
-    fixed = {
-        "division": division,
-        "submitter": submitter,
-        "status": status,
-        "system_name": system_name,
-        "system_type": SYSTEM_TYPE,
-    }
-    fallback = {
-        "framework": run_info.get("framework"),
-        "sw_notes": ", ".join(
-            f"{key} {sut_info[key]}" for key in ("python", "device") if sut_info.get(key) not in (None, "")
-        ),
-    }
-    system: dict[str, str] = {}
-    defaulted = []
-    for key in SYSTEM_FIELDS:
-        if key in fixed:
-            system[key] = fixed[key]
-        elif sut_info.get(key) not in (None, ""):
-            system[key] = _text(sut_info[key])
-        elif fallback.get(key):
-            system[key] = _text(fallback[key])
-        else:
-            system[key] = NOT_APPLICABLE
-            defaulted.append(key)
-    precision = _reduced_precision_note(run_info)
-    if precision:
-        notes = system["sw_notes"]
-        system["sw_notes"] = precision if notes == NOT_APPLICABLE else f"{notes}; {precision}"
-    return system, defaulted
-
-
-def _reduced_precision_note(run_info: dict[str, Any]) -> str | None:
-    """``model: int8 weights, uint8,fp32 activations`` for a model that is not FP32 throughout."""
-    model = run_info.get("model_path")
-    if not model or not Path(str(model)).is_file():
-        return None
-    from abtf_ssd.model.quantize import model_data_types
-
-    types = model_data_types(Path(str(model)))
-    if types.weights == "fp32" and types.activations == "fp32":
-        return None
-    return f"model: {types.weights} weights, {types.activations} activations"
-
-
-def model_measurements(model: Path) -> dict[str, str]:
-    """What the model file says of itself: its data types, and for a reduced-precision model made by
-    :mod:`abtf_ssd.model.quantize` the transformation and the FP32 weights it started from."""
-    from abtf_ssd.model.quantize import model_data_types, precision_record
-
-    types = model_data_types(model)
-    values = {"weight_data_types": types.weights, "input_data_types": types.inputs}
-    record = precision_record(model) if model.suffix == ".onnx" else None
-    if record:
-        recipe = record.get("recipe", {})
-        if record.get("precision") == "int8":
-            how = f"quantization ({recipe.get('method')}, {recipe.get('frames')} calibration frames)"
-        else:
-            how = f"{record.get('precision')} conversion"
-        values["weight_transformations"] = how
-        values["starting_weights_filename"] = str(record.get("source") or model.name)
-    return values
-
-
-def measurements(run_info: dict[str, Any], overrides: dict[str, str] | None) -> dict[str, str]:
-    """measurements.json: the five fields, the weights file from the run's results.json and, where that
-    file is still there, its data types (:func:`model_measurements`)."""
-    values = dict(DEFAULT_MEASUREMENTS)
-    model = run_info.get("model_path") or run_info.get("model")
-    values["starting_weights_filename"] = Path(str(model)).name if model else NOT_APPLICABLE
-    if model and Path(str(model)).is_file():
-        values.update(model_measurements(Path(str(model))))
-    values.update(overrides or {})
-    return values
-
-
-def _ms(nanoseconds: Any) -> str:
-    return f"{nanoseconds / 1e6:.3f}" if isinstance(nanoseconds, (int, float)) else "n/a"
-
-
-def scenario_readme(
-    system_name: str,
-    scenario: str,
-    perf: dict[str, Any],
-    map_value: float | None,
-    run_info: dict[str, Any],
-    command: str | None,
-    notes: list[str],
-    version: str = "v0.5",
-) -> str:
-    """README.md of one scenario: the results table (with the metric ``version`` reports), how it was
-    run, notes."""
-    metric = get_round(version).metric(scenario)
-    value = perf.get(metric)
-    if not value:
-        shown = "n/a (too few queries for an estimate)"
-    else:
-        shown = f"{value:.3f}" if metric.endswith("_per_sec") else _ms(value)
-    rows = [(f"{METRIC_LABELS[metric].capitalize()}, the metric round {version} reports", shown)]
-    if metric != RESULT_KEY:
-        rows.append(("Early-stopping 99.9th percentile latency (ms)", _ms(perf.get(RESULT_KEY))))
-    rows += [
-        ("99.9th percentile latency (ms)", _ms(perf.get("result_99.90_percentile_latency_ns"))),
-        ("Mean latency (ms)", _ms(perf.get("result_mean_latency_ns"))),
-        ("Queries", str(perf.get("result_query_count", "n/a"))),
-        ("LoadGen result", str(perf.get("result_validity", "n/a"))),
-        ("mAP", f"{map_value:.5f}" if map_value is not None else "n/a"),
-        ("mAP target (99.9 % of 0.7179)", f"{MAP_TARGET:.7f}"),
-        ("LoadGen", loadgen_description(perf)),
-    ]
-    for key, label in (("framework", "Framework"), ("device", "Device"), ("config_name", "Model config")):
-        if run_info.get(key):
-            rows.append((label, str(run_info[key])))
-    lines = [
-        f"# {MODEL_NAME} {scenario} on {system_name}",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {label} | {value} |" for label, value in rows),
-        "",
-    ]
-    if command:
-        lines += ["## Command", "", "```", command.strip(), "```", ""]
-    if notes:
-        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,8 +117,8 @@ def truncate_accuracy_log(source: Path, destination: Path) -> str:
     """
     digest = sha256_file(source)
     size = source.stat().st_size
-    if size <= checker.MAX_ACCURACY_LOG_BYTES:
-        _copy_atomic(source, destination)
+    if size <= MAX_ACCURACY_LOG_BYTES:
+        copy_atomic(source, destination)
         return digest
     with source.open("rb") as handle:
         head = handle.read(TRUNCATE_KEEP_BYTES)
@@ -397,195 +131,13 @@ def truncate_accuracy_log(source: Path, destination: Path) -> str:
 def accuracy_txt_with_hash(source: Path, digest: str) -> str:
     """The harness's accuracy.txt with its ``hash=`` line (re)written for the log ``digest``."""
     lines = [line for line in source.read_text(encoding="utf-8").splitlines() if not line.startswith("hash=")]
-    if checker.read_map(source) is None:
+    if read_map(source) is None:
         raise SubmissionError(f"{source}: no 'mAP: <value>' line; compute it with `abtf-ssd accuracy`")
     return "\n".join(lines) + f"\nhash={digest}\n"
 
 
 # --------------------------------------------------------------------------------------------
-# TEST01
-
-
-def verify_test01_performance(
-    reference_detail: Path, test_detail: Path, allow_test_mode: bool
-) -> Test01Verdict:
-    """Early-stopping estimates of the compliance run and the submission run within tolerance.
-
-    Test mode: runs too short for an early-stopping estimate compare their mean latency.
-    """
-    reference, _ = read_detail(reference_detail)
-    test, _ = read_detail(test_detail)
-    lines = [
-        "Verifying performance.",
-        f"reference run: {reference_detail}",
-        f"TEST01 run: {test_detail}",
-    ]
-
-    def verdict(passed: bool, last: str) -> Test01Verdict:
-        return Test01Verdict(passed, "\n".join([*lines, last]) + "\n")
-
-    for name, values in (("Reference", reference), ("Test", test)):
-        if values.get("result_validity") != "VALID":
-            if not allow_test_mode:
-                return verdict(False, f"TEST FAIL: {name} results are invalid")
-            lines.append(f"test mode: {name.lower()} result is {values.get('result_validity')} (allowed)")
-    if reference.get("effective_scenario") != test.get("effective_scenario"):
-        return verdict(False, "TEST FAIL: Test and reference scenarios do not match")
-    metric = "early-stopping 99.9th percentile estimate (ns)"
-    ref_score, test_score = reference.get(RESULT_KEY), test.get(RESULT_KEY)
-    if not ref_score or not test_score:
-        if not allow_test_mode:
-            return verdict(False, "TEST FAIL: no early-stopping estimate (too few queries)")
-        metric = "mean latency (ns); test mode: the runs are too short for an early-stopping estimate"
-        ref_score, test_score = reference.get("result_mean_latency_ns"), test.get("result_mean_latency_ns")
-        if not ref_score or not test_score:
-            return verdict(False, "TEST FAIL: no latency in the logs")
-    tolerance = TEST01_SHORT_LATENCY_TOLERANCE if ref_score <= TEST01_SHORT_LATENCY_NS else TEST01_TOLERANCE
-    lines += [
-        f"metric: {metric}",
-        f"reference score = {ref_score}",
-        f"test score = {test_score}",
-        f"tolerance = {tolerance:.0%}",
-    ]
-    if ref_score * (1 - tolerance) < test_score < ref_score * (1 + tolerance):
-        return verdict(True, "TEST PASS")
-    if allow_test_mode:
-        lines.append(
-            "test mode: two short runs on one machine differ by noise; this comparison is not judged "
-            "(a valid run is)"
-        )
-    return verdict(False, "TEST FAIL: Test score invalid")
-
-
-def verify_test01_accuracy(accuracy_log: Path, test_log: Path) -> tuple[Test01Verdict, list[int]]:
-    """Each response of the compliance log must equal the accuracy run's for the same qsl_idx.
-
-    Returns the verdict and the qsl_idx values of the compliance log (distinct, in order).
-    """
-    reference: dict[int, str] = {}
-    for entry in read_accuracy_entries(accuracy_log):
-        reference.setdefault(entry["qsl_idx"], str(entry["data"]).upper())
-    entries = read_accuracy_entries(test_log)
-    indices = list(dict.fromkeys(entry["qsl_idx"] for entry in entries))
-    absent = sorted({e["qsl_idx"] for e in entries if e["qsl_idx"] not in reference})
-    differing = sorted(
-        {
-            e["qsl_idx"]
-            for e in entries
-            if e["qsl_idx"] in reference and str(e["data"]).upper() != reference[e["qsl_idx"]]
-        }
-    )
-    lines = [
-        "Verifying accuracy: TEST01 responses against the accuracy run.",
-        f"accuracy run log: {accuracy_log}",
-        f"TEST01 log: {test_log}",
-        f"entries checked: {len(entries)} ({len(indices)} distinct samples)",
-        f"differing responses: {len(differing)}" + (f" (qsl_idx {differing[:20]})" if differing else ""),
-        f"samples absent from the accuracy run: {len(absent)}"
-        + (f" (qsl_idx {absent[:20]})" if absent else ""),
-    ]
-    if not entries:
-        lines.append("TEST FAIL: the TEST01 accuracy log is empty (was the audit.config applied?)")
-        passed = False
-    elif differing or absent:
-        lines.append("TEST FAIL: responses differ from the accuracy run")
-        passed = False
-    else:
-        lines.append("TEST PASS")
-        passed = True
-    return Test01Verdict(passed, "\n".join(lines) + "\n"), indices
-
-
-def _dataset_dir(dataset_dir: str | Path | None, runs: ScenarioRuns) -> Path | None:
-    """The preprocessed dataset of the runs: given, or the one their results.json names."""
-    if dataset_dir is not None:
-        return Path(dataset_dir)
-    found = _run_info(runs).get("dataset_dir")
-    return Path(found) if found else None
-
-
-def _subset_map(log: Path, indices: list[int] | None, dataset: Path) -> float:
-    """mAP of the responses in ``log`` (only ``indices`` when given), as accuracy.txt reports it."""
-    from abtf_ssd.data.metric import compute_map, count_samples
-    from abtf_ssd.loadgen.accuracy import read_accuracy_log
-
-    detections = read_accuracy_log(log, sample_count=count_samples(dataset))
-    if indices is not None:
-        detections = {i: detections[i] for i in indices if i in detections}
-    return compute_map(detections, dataset).map
-
-
-def write_test01(
-    runs: ScenarioRuns,
-    destination: Path,
-    allow_test_mode: bool,
-    dataset_dir: Path | None,
-    official_tools: Path | None = None,
-) -> tuple[bool, bool]:
-    """TEST01/ of one scenario; returns (performance passed, accuracy responses identical).
-
-    ``official_tools``: verify with the round's compliance scripts
-    (:func:`abtf_ssd.submission.official.verify_test01`)
-    instead of this module's verification.
-    """
-    assert runs.test01 is not None
-    test_log = runs.test01 / ACCURACY_LOG
-    if not test_log.is_file():
-        raise SubmissionError(f"{runs.test01}: the TEST01 run has no {ACCURACY_LOG}")
-    run_dir = destination / "performance" / "run_1"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in (SUMMARY_LOG, DETAIL_LOG):
-        _copy_atomic(runs.test01 / name, run_dir / name)
-    accuracy, indices = verify_test01_accuracy(runs.accuracy / ACCURACY_LOG, test_log)
-    if official_tools is not None:
-        from abtf_ssd.submission.official import verify_test01
-
-        performance_passed, accuracy_passed = verify_test01(
-            official_tools, runs.performance, runs.accuracy / ACCURACY_LOG, runs.test01, destination
-        )
-        accuracy = Test01Verdict(accuracy_passed, accuracy.text)
-    else:
-        performance = verify_test01_performance(
-            runs.performance / DETAIL_LOG, runs.test01 / DETAIL_LOG, allow_test_mode
-        )
-        performance_passed = performance.passed
-        atomic_write_text(destination / "verify_performance.txt", performance.text)
-        atomic_write_text(destination / "verify_accuracy.txt", accuracy.text)
-    acc_dir = destination / "accuracy"
-    acc_dir.mkdir(parents=True, exist_ok=True)
-    _copy_atomic(test_log, acc_dir / ACCURACY_LOG)
-    summary = accuracy.text
-    if dataset_dir is not None:
-        compliance_map = _subset_map(test_log, None, dataset_dir)
-        summary = f"mAP: {compliance_map:.7f}\n(mAP of the TEST01 responses)\n\n" + summary
-        if not accuracy.passed:
-            baseline_map = _subset_map(runs.accuracy / ACCURACY_LOG, indices, dataset_dir)
-            atomic_write_text(
-                acc_dir / "baseline_accuracy.txt",
-                f"mAP: {baseline_map:.7f}\n(accuracy run, the {len(indices)} samples of the TEST01 log)\n",
-            )
-            atomic_write_text(
-                acc_dir / "compliance_accuracy.txt", f"mAP: {compliance_map:.7f}\n(TEST01 log)\n"
-            )
-    elif not accuracy.passed:
-        raise SubmissionError(
-            f"{test_log}: TEST01 responses differ from the accuracy run; comparing their mAP needs the "
-            "dataset (pass dataset_dir / --dataset_dir)"
-        )
-    atomic_write_text(acc_dir / ACCURACY_TXT, summary)
-    return performance_passed, accuracy.passed
-
-
-# --------------------------------------------------------------------------------------------
 # Files
-
-
-def _copy_atomic(source: Path, destination: Path) -> None:
-    if not source.is_file():
-        raise SubmissionError(f"{source}: missing")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(destination) as temp:
-        shutil.copyfile(source, temp)
 
 
 MODEL_FILE_SUFFIXES = (".pth", ".pt", ".onnx")
@@ -619,7 +171,7 @@ def copy_code(code_dir: Path, destination: Path) -> int:
             source = here / name
             if not _code_file_wanted(source):
                 continue
-            if source.stat().st_size > checker.MAX_FILE_BYTES:
+            if source.stat().st_size > MAX_FILE_BYTES:
                 raise SubmissionError(f"{source}: over 50 MB; keep data files out of the code folder")
             target = destination / source.relative_to(code_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -729,7 +281,7 @@ def _write_scenario(
     official_tools: Path | None,
 ) -> None:
     notes = list(notes)
-    run_info = _run_info(runs)
+    run_info = read_run_info(runs)
     perf, _ = read_detail(runs.performance / DETAIL_LOG)
     results = target.results(runs.name)
     measured = target.measurements(runs.name)
@@ -746,7 +298,7 @@ def _write_scenario(
         raise SubmissionError(
             f"{runs.performance}: no {USER_CONF} (the harness writes the run's settings there)"
         )
-    _copy_atomic(user_conf, measured / USER_CONF)
+    copy_atomic(user_conf, measured / USER_CONF)
     atomic_write_json(
         measured / target.tree.measurements_file(target.system_name, runs.name, target.implementation),
         measurements(run_info, measurement_overrides),
@@ -755,7 +307,7 @@ def _write_scenario(
     run_dir = results / "performance" / "run_1"
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUMMARY_LOG, DETAIL_LOG):
-        _copy_atomic(runs.performance / name, run_dir / name)
+        copy_atomic(runs.performance / name, run_dir / name)
     perf_acc_log = runs.performance / ACCURACY_LOG
     # Performance runs log responses only when asked to (accuracy_log_probability); keep them then.
     if perf_acc_log.is_file() and perf_acc_log.stat().st_size > 0 and read_accuracy_entries(perf_acc_log):
@@ -764,7 +316,7 @@ def _write_scenario(
     acc_dir = results / "accuracy"
     acc_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUMMARY_LOG, DETAIL_LOG):
-        _copy_atomic(runs.accuracy / name, acc_dir / name)
+        copy_atomic(runs.accuracy / name, acc_dir / name)
     if not (runs.accuracy / ACCURACY_TXT).is_file():
         raise SubmissionError(f"{runs.accuracy}: no {ACCURACY_TXT}; compute it with `abtf-ssd accuracy`")
     digest = truncate_accuracy_log(runs.accuracy / ACCURACY_LOG, acc_dir / ACCURACY_LOG)
@@ -777,7 +329,7 @@ def _write_scenario(
         )
 
     if division == "closed":
-        dataset = _dataset_dir(dataset_dir, runs)
+        dataset = find_dataset_dir(dataset_dir, runs)
         perf_ok, acc_ok = write_test01(
             runs, target.compliance(runs.name) / COMPLIANCE_TEST, allow_test_mode, dataset, official_tools
         )
@@ -789,7 +341,7 @@ def _write_scenario(
     if allow_test_mode:
         notes.append(
             "Generated in test mode: these rules were relaxed: "
-            + "; ".join(checker.TEST_MODE_RELAXED_RULES.values())
+            + "; ".join(TEST_MODE_RELAXED_RULES.values())
             + ". Not a valid result."
         )
     command_file = next(
@@ -833,8 +385,8 @@ def generate_submission(
         code_dir: the code that produced the results, copied into the round's code folder.
         tar: also write ``<submission_dir>.tar.gz`` (:func:`tarball_path`).
         allow_test_mode: check with the test-mode relaxations
-            (:data:`abtf_ssd.submission.checker.TEST_MODE_RELAXED_RULES`).
-        version: the round; it decides the layout (:data:`abtf_ssd.submission.checker.LAYOUTS`) and the rules.
+            (:data:`abtf_ssd.submission.layout.TEST_MODE_RELAXED_RULES`).
+        version: the round; it decides the layout (:data:`abtf_ssd.submission.layout.LAYOUTS`) and the rules.
         measurement_overrides: values for the measurements JSON (e.g. ``weight_data_types``).
         dataset_dir: preprocessed dataset, only needed when TEST01 responses differ from the
             accuracy run (default: the ``dataset_dir`` in the runs' results.json).
@@ -858,7 +410,7 @@ def generate_submission(
     _check_name(submitter, "submitter")
     _check_name(system_name, "system name")
     _check_name(implementation, "implementation")
-    tree = checker.layout(version)
+    tree = layout(version)
     tools = None
     if official_tools is not None:
         from abtf_ssd.submission.official import check_tools
@@ -875,7 +427,7 @@ def generate_submission(
         division,
         system_name,
         status,
-        _run_info(scenarios[0]),
+        read_run_info(scenarios[0]),
     )
     if defaulted:
         logger.warning(

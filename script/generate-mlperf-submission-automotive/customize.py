@@ -14,7 +14,7 @@ def preprocess(i):
 def _generate(env):
     from abtf_ssd.mlc.scripts import env_flag
     from abtf_ssd.submission import tree as submission
-    from abtf_ssd.submission.checker import TEST_MODE_RELAXED_RULES
+    from abtf_ssd.submission.layout import DEFAULT_IMPLEMENTATION, TEST_MODE_RELAXED_RULES
 
     results_dir = env.get("MLC_ABTF_SUBMISSION_RESULTS_DIR", "")
     submitter = env.get("MLC_ABTF_SUBMISSION_SUBMITTER", "")
@@ -40,7 +40,7 @@ def _generate(env):
         allow_test_mode=test_mode,
         version=env["MLC_ABTF_SUBMISSION_VERSION"],
         dataset_dir=env.get("MLC_ABTF_SUBMISSION_DATASET_DIR") or None,
-        implementation=env.get("MLC_ABTF_SUBMISSION_IMPLEMENTATION") or submission.DEFAULT_IMPLEMENTATION,
+        implementation=env.get("MLC_ABTF_SUBMISSION_IMPLEMENTATION") or DEFAULT_IMPLEMENTATION,
         official_tools=env.get("MLC_ABTF_SUBMISSION_OFFICIAL_TOOLS") or None,
     )
     if test_mode:

@@ -30,10 +30,10 @@ def _get_model(env):
     source = env["MLC_ABTF_ML_MODEL_SOURCE"]
     model_format = env["MLC_ABTF_ML_MODEL_FORMAT"]
     if source == "mlc":
-        from abtf_ssd.data import download
+        from abtf_ssd.data import fetch
         from abtf_ssd.mlc.scripts import download_folder
 
-        path = download.fetch_model(
+        path = fetch.fetch_model(
             model_format,
             download_folder(env, "get-ml-model-ssd-resnet50"),
             env["MLC_ABTF_DOWNLOAD_TOOL"],

@@ -1,6 +1,6 @@
 """MLC glue for get-preprocessed-dataset-cognata: env -> abtf_ssd.data.preprocess.build_preprocessed,
-or with ``--store=mmap`` abtf_ssd.data.store.preprocess_to_store (raw frames) / convert_pickles_to_store
-(the download)."""
+or with ``--store=mmap`` abtf_ssd.data.store_writer.preprocess_to_store (raw frames) /
+convert_pickles_to_store (the download)."""
 
 import os
 
@@ -46,7 +46,7 @@ def _get_preprocessed(env):
         _download(env, out_dir, split, store)
         return
     from abtf_ssd.data import preprocess
-    from abtf_ssd.data.store import preprocess_to_store
+    from abtf_ssd.data.store_writer import preprocess_to_store
     from abtf_ssd.mlc.scripts import env_int
 
     if source == "local":
@@ -79,12 +79,12 @@ def _get_preprocessed(env):
 def _download(env, out_dir, split, store):
     """The MLCommons preprocessed set of ``split`` (needs membership and a login); with ``--store=mmap``
     converted once into ``<pickle folder>/mmap``."""
-    from abtf_ssd.data import download
-    from abtf_ssd.data.store import prepare_store
+    from abtf_ssd.data import fetch
+    from abtf_ssd.data.store_writer import prepare_store
     from abtf_ssd.mlc.scripts import download_folder, env_int
 
     dry_run = env.get("MLC_ABTF_DOWNLOAD_DRY_RUN") == "yes"
-    pickle_dir = download.fetch_dataset(
+    pickle_dir = fetch.fetch_dataset(
         split,
         download_folder(env, "get-preprocessed-dataset-cognata"),
         env["MLC_ABTF_DOWNLOAD_TOOL"],

@@ -40,10 +40,10 @@ def _get_raw(env):
 def _download(env, out_root):
     """The MLCommons raw recordings (needs membership and a login), with the official split CSVs."""
     from abtf_ssd import cognata
-    from abtf_ssd.data import download
+    from abtf_ssd.data import fetch
     from abtf_ssd.mlc.scripts import download_folder
 
-    root = download.fetch_dataset(
+    root = fetch.fetch_dataset(
         "raw",
         download_folder(env, "get-raw-dataset-cognata"),
         env["MLC_ABTF_DOWNLOAD_TOOL"],

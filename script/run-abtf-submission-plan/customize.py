@@ -10,7 +10,7 @@ def preprocess(i):
 
 
 def _plan(env):
-    from abtf_ssd.submission.plan import main_action
+    from abtf_ssd.submission.plan.cli import main_action
 
     plan_file = env.get("MLC_ABTF_PLAN_FILE", "")
     if not plan_file:

@@ -13,17 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from abtf_ssd.data import download
+from abtf_ssd.data import extract
 from abtf_ssd.data.download import (
     MARKER_NAME,
     ChecksumError,
     DownloadError,
     InsufficientSpaceError,
     UnsafeArchiveError,
-    fetch_dataset,
-    is_complete,
-    partial_dir,
 )
+from abtf_ssd.data.fetch import fetch_dataset, is_complete, partial_dir
 from faults.support import (
     child_env,
     finished_cache_entries,
@@ -40,7 +38,7 @@ from faults.support import (
 KILL_MID_EXTRACTION = """
 import os, signal, sys, tarfile
 
-from abtf_ssd.data import download
+from abtf_ssd.data import fetch
 
 real_extract = tarfile.TarFile.extract
 extracted = []
@@ -54,7 +52,7 @@ def extract_then_die(self, member, *args, **kwargs):
 
 
 tarfile.TarFile.extract = extract_then_die
-download.fetch_dataset("validation", sys.argv[1], "rclone", interactive=False)
+fetch.fetch_dataset("validation", sys.argv[1], "rclone", interactive=False)
 """
 
 
@@ -195,12 +193,12 @@ def test_too_little_room_without_tmpfs(fake_remote, tmp_path, monkeypatch):
     tarball = sample_tarball()
     fake_remote.publish("val_2d", tarball)
     out = tmp_path / "downloads"
-    real_disk_usage = download.shutil.disk_usage
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
+    real_disk_usage = extract.shutil.disk_usage
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
     with pytest.raises(InsufficientSpaceError, match="0.0 GB free"):
         fetch_dataset("validation", out, "rclone", interactive=False)
     assert (partial_dir("val_2d", out, "rclone") / "val_2d.tar.gz").read_bytes() == tarball
-    monkeypatch.setattr(download.shutil, "disk_usage", real_disk_usage)
+    monkeypatch.setattr(extract.shutil, "disk_usage", real_disk_usage)
     assert extracted_as_published(fetch_dataset("validation", out, "rclone", interactive=False), tarball)
 
 

@@ -253,12 +253,13 @@ def test_missing_frame_mid_split_names_it_and_loses_nothing(tiny_dataset, tmp_pa
 
 
 KILL_STORE_COMMIT = store_kill_script(
-    "store.convert_pickles_to_store(sys.argv[1], sys.argv[2], workers=1, progress=False)"
+    "store_writer.convert_pickles_to_store(sys.argv[1], sys.argv[2], workers=1, progress=False)"
 )
 
 
 def test_store_conversion_killed_mid_commit_resumes_byte_identical(long_reference, tmp_path):
-    from abtf_ssd.data.store import STORE_MANIFEST, SampleStore, convert_pickles_to_store
+    from abtf_ssd.data.store import STORE_MANIFEST, SampleStore
+    from abtf_ssd.data.store_writer import convert_pickles_to_store
 
     reference = convert_pickles_to_store(long_reference, tmp_path / "reference", progress=False)
     store_dir = tmp_path / "store"

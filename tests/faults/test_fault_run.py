@@ -125,6 +125,7 @@ def test_unreadable_sample_fails_a_performance_run_from_the_cli(corrupt_dataset,
 def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_model, tmp_path):
     from abtf_ssd.submission import sysinfo
     from abtf_ssd.submission import tree as submission
+    from abtf_ssd.submission.runs import SubmissionError
 
     results = tmp_path / "results"
     performance = run_options(tiny_dataset.preprocessed, demo_onnx_model, results, "performance")
@@ -133,7 +134,7 @@ def test_submission_refuses_a_run_with_failed_queries(tiny_dataset, demo_onnx_mo
     harness.run(run_options(tiny_dataset.preprocessed, demo_onnx_model, results, "accuracy"))
     sysinfo.write_sut_info(results / SYSTEM / sysinfo.SUT_INFO_NAME, framework="onnxruntime")
 
-    with pytest.raises(submission.SubmissionError, match="results.json"):
+    with pytest.raises(SubmissionError, match="results.json"):
         submission.generate_submission(
             results, tmp_path / "sub", "ABTF_Demo", "open", SYSTEM, allow_test_mode=True
         )

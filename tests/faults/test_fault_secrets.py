@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.data.download import DownloadError, fetch_dataset, fetch_model
+from abtf_ssd.data.download import DownloadError
+from abtf_ssd.data.fetch import fetch_dataset, fetch_model
 from faults.support import (
     PYTHON,
     SECRETS,
@@ -51,7 +52,7 @@ def test_tool_chatter_is_redacted_on_success_and_failure(fake_remote, tmp_path, 
 def test_a_download_in_a_child_process_prints_no_secret(fake_remote, tmp_path):
     fake_remote.publish("val_2d", sample_tarball())
     code = (
-        "from abtf_ssd import download; download.fetch_dataset('validation', 'downloads', interactive=False)"
+        "from abtf_ssd.data import fetch; fetch.fetch_dataset('validation', 'downloads', interactive=False)"
     )
     proc = run_python(["-c", code], tmp_path, child_env(FAULT_RCLONE_CHATTER="1"))
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from abtf_ssd.config import DEMO_CONFIG
-from abtf_ssd.data.download import fetch_dataset, fetch_model
+from abtf_ssd.data.fetch import fetch_dataset, fetch_model
 from faults.support import HOSTILE_NAME, find_named, mlcr, run_python, sample_tarball
 
 
