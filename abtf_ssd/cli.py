@@ -23,6 +23,7 @@ from typing import Any
 
 from abtf_ssd.cognata import SPLIT_PREFIXES, SPLITS, official_split
 from abtf_ssd.data.download import MODEL_FORMATS
+from abtf_ssd.loadgen import rate_search
 from abtf_ssd.model.backends import FRAMEWORKS
 
 PROG = "abtf-ssd"
@@ -165,7 +166,18 @@ RUN_HELP = {
     "audit_config": "audit.config of a compliance test: makes this a compliance run",
     "expected_latency_ns": "expected latency of a query in ns (default: the one find-performance stored)",
     "target_qps": "ConstantStream rate in queries per second (default: the one find-performance stored, "
-    "else the round's)",
+    "in v1.0 only when it is the round's; else the round's)",
+    "rate_margin": "ConstantStream find-performance: fraction of the latency bound a trial's p99.9 "
+    f"must leave free (default: {rate_search.DEFAULT_MARGIN:g})",
+    "rate_trial_seconds": "ConstantStream find-performance: minimum length of each rate trial in seconds "
+    f"(default: {rate_search.DEFAULT_TRIAL_SECONDS:g}; test mode {rate_search.TEST_TRIAL_SECONDS:g})",
+    "rate_trial_queries": "ConstantStream find-performance: minimum queries of each rate trial (default: "
+    f"{rate_search.DEFAULT_TRIAL_QUERIES}; test mode {rate_search.TEST_TRIAL_QUERIES})",
+    "rate_resolution_qps": "ConstantStream find-performance: the search stops when the rate that holds and "
+    f"the one that fails are this close (default: {rate_search.DEFAULT_RESOLUTION_QPS:g}; test mode "
+    f"{rate_search.TEST_RESOLUTION_QPS:g})",
+    "rate_max_trials": "ConstantStream find-performance: most trials of the search (default: "
+    f"{rate_search.DEFAULT_MAX_TRIALS}; test mode {rate_search.TEST_MAX_TRIALS})",
     "dataset_prefix": "sample file prefix: val (validation split) or calib (calibration split)",
     "output_dir": "folder LoadGen writes into, instead of the results layout",
     "command": "command line recorded in command.txt (default: this abtf-ssd command)",

@@ -7,7 +7,7 @@ else in the code base restates them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NUM_CLASSES = 15
 """14 Cognata object classes plus background (label 0)."""
@@ -18,6 +18,7 @@ STD = (0.229, 0.224, 0.225)
 
 BENCHMARK_CONFIG = "baseline_8MP_ss_scales_fm1_5x5_all"
 DEMO_CONFIG = "demo"
+SMALL_CONFIG = "small"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,16 @@ CONFIGS: dict[str, SSDConfig] = {
         head_kernel=3,
     ),
 }
+# The demo network on a quarter of the demo's input (72x128, the same synthetic 512x288 frames):
+# every layer and weight shape of the demo model, so its checkpoint loads. The fastest model of the
+# project, for the full valid ConstantStream proof on a 2-core CPU (bench/valid_constantstream.py).
+CONFIGS[SMALL_CONFIG] = replace(
+    CONFIGS[DEMO_CONFIG],
+    name=SMALL_CONFIG,
+    image_size=(72, 128),
+    feat_size=((9, 16), (5, 8), (3, 4), (2, 2), (1, 1), (1, 1)),
+    scales=tuple(s / 2 for s in _demo_scales()),
+)
 
 
 def get_config(name: str) -> SSDConfig:

@@ -15,9 +15,9 @@ from PIL import Image
 from abtf_ssd.data.preprocess import load_sample
 from abtf_ssd.loadgen import rules
 from abtf_ssd.loadgen.accuracy import read_accuracy_log
+from abtf_ssd.loadgen.find_rate import TARGET_QPS_FILE
 from abtf_ssd.loadgen.harness import (
     EXPECTED_LATENCY_FILE,
-    TARGET_QPS_FILE,
     RunFailedError,
     RunOptions,
     RunResult,
@@ -216,7 +216,9 @@ def test_find_performance_feeds_the_next_run(tmp_path, tiny_dataset, backend) ->
     assert later.expected_latency_ns == found.expected_latency_ns
 
 
-def _automotive_run(tools, tmp_path: Path, tiny_dataset, model: Path, *options: str) -> None:
+def _automotive_run(
+    tools, tmp_path: Path, tiny_dataset, model: Path, *options: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """``abtf-ssd run`` of the demo model on the round's automotive LoadGen (ConstantStream needs it)."""
     done = subprocess.run(
         [
@@ -246,45 +248,71 @@ def _automotive_run(tools, tmp_path: Path, tiny_dataset, model: Path, *options: 
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0 or not check, done.stdout + done.stderr
+    return done
+
+
+SHORT_SEARCH = ("--rate-trial-seconds", "2", "--rate-trial-queries", "6", "--rate-resolution-qps", "0.5",
+                "--rate-max-trials", "5", "--rate-margin", "0.3")  # fmt: skip
+"""A search of a few seconds a trial; the wide margin keeps the short runs after it within the bound
+on a busy 2-core machine."""
 
 
 @pytest.mark.parametrize("round_name", ["v0.5", "v1.0"])
-def test_constant_stream_find_performance_feeds_the_next_run(
+def test_constant_stream_find_performance_searches_a_rate_that_holds(
     tmp_path, tiny_dataset, demo_onnx_model, round_name
 ) -> None:
-    """Find-performance measures back-to-back queries (LoadGen's SingleStream) and stores the highest
-    rate, in 0.01 QPS steps, whose bound (1 / QPS) holds their tail latency; the next ConstantStream
-    run goes at that rate and ends without a LoadGen error."""
+    """Find-performance measures back-to-back queries (LoadGen's SingleStream), then searches over
+    real ConstantStream trials and stores the highest rate that held, with its trials; a run at that
+    rate meets LoadGen's bound. v1.0 runs at its own 15 QPS unless asked for the rate that holds."""
     from upstream_tools import official_tools
 
     tools = official_tools(round_name)
     scenario_dir = tmp_path / "results/tiny/ssd/ConstantStream"
-    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--mode", "find-performance",
-                    "--test-query-count", "3")  # fmt: skip
-    found = detail_values(read_detail_log(scenario_dir / "find-performance" / DETAIL_LOG))
-    assert found["effective_scenario"] == "SingleStream" and found["result_query_count"] == 3
-    tail_ns = found["result_99.90_percentile_latency_ns"]
-    constant = rules.ROUNDS[round_name].constant_stream
+    found = _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--mode", "find-performance",
+                            "--test-query-count", "3", *SHORT_SEARCH)  # fmt: skip
+    back_to_back = detail_values(read_detail_log(scenario_dir / "find-performance" / DETAIL_LOG))
+    assert back_to_back["effective_scenario"] == "SingleStream" and back_to_back["result_query_count"] == 3
+    search = json.loads((scenario_dir / "rate_search.json").read_text())
     qps = float((scenario_dir / TARGET_QPS_FILE).read_text())
-    assert constant.latency_bound_ns(qps) >= tail_ns
-    capped = constant.qps_capped_at_round and qps == constant.target_qps  # v1.0 on a fast machine
-    assert capped or tail_ns > constant.latency_bound_ns(qps + 0.01)
+    assert search["rate_qps"] == pytest.approx(qps) and search["model"]["path"] == str(demo_onnx_model)
+    trials = search["trials"]
+    assert 1 <= len(trials) <= 5 and max(t["qps"] for t in trials if t["holds"]) == pytest.approx(qps)
+    for number, trial in enumerate(trials, 1):  # each trial is a real ConstantStream LoadGen run
+        logged = detail_values(
+            read_detail_log(
+                scenario_dir
+                / "find-performance/rate-trials"
+                / f"{number:02d}-{trial['qps']:g}qps"
+                / DETAIL_LOG
+            )
+        )
+        assert logged["effective_scenario"] == "ConstantStream"
+        assert logged["effective_target_qps"] == pytest.approx(trial["qps"])
+        assert trial["holds"] == (trial["p999_ms"] <= 0.7 * trial["bound_ms"])
+    assert "rate search (margin 30% of the bound" in found.stdout and search["reason"] in found.stdout
     saved = json.loads((scenario_dir / "find-performance" / "results.json").read_text())
     assert saved["target_qps"] == pytest.approx(qps)
-    assert (scenario_dir / EXPECTED_LATENCY_FILE).is_file()
+    constant = rules.ROUNDS[round_name].constant_stream
+    assert qps <= constant.target_qps or not constant.qps_capped_at_round
 
-    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "3")
+    given = () if round_name == "v0.5" or qps == constant.target_qps else ("--target-qps", f"{qps:g}")
+    later = _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "8", *given)
     run_dir = scenario_dir / "performance" / "run_1"
     records = read_detail_log(run_dir / DETAIL_LOG)
     values = detail_values(records)
     assert values["effective_scenario"] == "ConstantStream" and detail_messages(records) == []
     assert values["effective_target_qps"] == pytest.approx(qps) and values["effective_max_query_count"] == 0
+    assert "Reduce target QPS" not in str(values.get("result_invalid_reason", ""))
+    assert values["result_perf_constraints_met"] is True
     assert f"ssd.ConstantStream.target_qps = {qps!r}\n" in (run_dir / "user.conf").read_text()
+    if given:  # v1.0 below its rate: said in the run's output and the table
+        assert "not the round's 15 QPS" in later.stdout + later.stderr
 
-    _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "2",
-                    "--target-qps", "2.5")  # fmt: skip
-    assert detail_values(read_detail_log(run_dir / DETAIL_LOG))["effective_target_qps"] == 2.5
+    if round_name == "v1.0" and qps < constant.target_qps:
+        at_round = _automotive_run(tools, tmp_path, tiny_dataset, demo_onnx_model, "--test-query-count", "2")
+        assert "the rate search found that 15 QPS does not hold" in at_round.stderr
+        assert detail_values(read_detail_log(run_dir / DETAIL_LOG))["effective_target_qps"] == 15.0
 
 
 @pytest.mark.parametrize(

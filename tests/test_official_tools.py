@@ -287,3 +287,37 @@ def test_checkers_agree_on_a_missing_test01(
     official = _agree(setup, tree)
     # The v0.5 checker never looks at TEST01; v1.0 requires it for closed ssd.
     assert ("test01-missing" in official) == (setup.tools.round == "v1.0")
+
+
+SHORT_SEARCH = (
+    "--constantstream_trial_seconds=2",
+    "--constantstream_trial_queries=6",
+    "--constantstream_resolution=0.5",
+    "--constantstream_max_trials=4",
+    "--constantstream_margin=0.3",
+)
+
+
+def test_constant_stream_search_then_performance_only(setup: RoundSetup) -> None:
+    """The documented flow through ``mlcr``: ``_find-performance`` searches the rate over ConstantStream
+    trials; ``_performance-only`` then says the stored search stands (no second search) and runs at its
+    rate (v1.0: at the round's 15 QPS unless that held, and says why)."""
+    results, _, found = setup.benchmark("_short,_find-performance", "ConstantStream", "search", *SHORT_SEARCH)
+    scenario = results / SYSTEM / "ssd" / "ConstantStream"
+    search = json.loads((scenario / "rate_search.json").read_text())
+    qps = float((scenario / "target_qps.txt").read_text())
+    assert search["rate_qps"] == qps and "ConstantStream rate search (margin 30%" in found.stdout
+    trials = sorted((scenario / "find-performance" / "rate-trials").iterdir())
+    assert len(trials) == len(search["trials"])
+
+    _, _, later = setup.benchmark("_short,_performance-only", "ConstantStream", "search")
+    output = later.stdout + later.stderr
+    assert "ConstantStream: the rate search of" in output and "stands" in output
+    assert "rate search: trial" not in output  # no second search
+    values = detail_values(read_detail_log(scenario / "performance" / "run_1" / "mlperf_log_detail.txt"))
+    if setup.tools.round == "v1.0" and qps < 15:
+        assert values["effective_target_qps"] == 15.0
+        assert "the rate search found that 15 QPS does not hold" in output
+    else:
+        assert values["effective_target_qps"] == pytest.approx(qps)
+        assert values["result_perf_constraints_met"] is True

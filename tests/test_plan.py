@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 
 from abtf_ssd.cli import main as cli_main
+from abtf_ssd.loadgen.find_rate import TARGET_QPS_FILE
 from abtf_ssd.submission import checker
-from abtf_ssd.submission.plan.estimate import StepEstimate, estimate, total_hours
+from abtf_ssd.submission.plan.estimate import (
+    StepEstimate,
+    constant_stream_rate,
+    estimate,
+    format_estimate,
+    total_hours,
+)
 from abtf_ssd.submission.plan.format import PlanError, load_plan, plan_steps
 from abtf_ssd.submission.plan.identity import MARKER_NAME
 from abtf_ssd.submission.plan.runner import Progress
@@ -297,9 +304,12 @@ def test_a_malformed_plan_is_refused_by_the_cli_in_one_line(tmp_path: Path) -> N
 
 # Hand arithmetic at 20 s a query (an 8 MP frame on a CPU), closed division: find-performance
 # 10 queries = 200 s; performance and TEST01 6636 queries each = 132720 s; accuracy 6000 frames =
-# 120000 s. ConstantStream: performance and TEST01 100000 queries = 2000000 s each.
+# 120000 s. ConstantStream, before any rate search: the search starts at 90 % of 1 / 20 s = 0.045 QPS,
+# 0.04 at its 0.01 QPS resolution; its budget is 16 trials of 1000 queries (25000 s each at 0.04 QPS)
+# = 400000 s; performance and TEST01 issue 100000 queries at 0.04 QPS = 2500000 s each, accuracy its
+# 6000 at that rate = 150000 s.
 SINGLE_STREAM_S = 200 + 132720 + 120000 + 132720
-CONSTANT_STREAM_S = 200 + 2000000 + 120000 + 2000000
+CONSTANT_STREAM_S = 200 + 400000 + 2500000 + 150000 + 2500000
 
 
 @pytest.mark.parametrize(
@@ -318,7 +328,10 @@ def test_estimate_of_the_templates(tmp_path: Path, name: str, seconds: int) -> N
     assert sum(e.seconds or 0 for e in estimates) == pytest.approx(seconds)
     assert total_hours(estimates) == pytest.approx(seconds / 3600)
     stdout = _run_cli(["estimate", str(PLANS / f"{name}.yaml"), "--latency-ms", "20000"], cwd=tmp_path).stdout
-    assert stdout.splitlines()[-1].split()[-1] == f"{seconds / 3600:.2f}"
+    total = next(line for line in stdout.splitlines() if line.startswith("total"))
+    assert total.split()[-1] == f"{seconds / 3600:.2f}"
+    if name.startswith("cuda"):  # ConstantStream: before the search, its first rate, said so
+        assert "ConstantStream at 0.04 QPS (the rate search has not run: its first rate)" in stdout
 
 
 def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
@@ -332,13 +345,37 @@ def test_estimate_rules_at_a_fast_latency(tmp_path: Path) -> None:
     assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 15))
     assert by_label["gpu-onnxruntime ConstantStream accuracy"].seconds == pytest.approx(6000 / 15)
     assert by_label["gpu-onnxruntime SingleStream accuracy"].seconds == pytest.approx(90)
-    # v0.5 reports the ConstantStream throughput: find-performance finds the highest rate within the
-    # latency bound, 66.66 QPS at 15 ms, and the 100000 queries take 1500 s.
+    # v0.5 reports the ConstantStream throughput: before the rate search has run, its first rate
+    # stands for it: 90 % of 1 / 15 ms = 60 QPS, and the 100000 queries take 1667 s.
     v05 = load_plan(PLANS / "cuda-v0.5.yaml", tmp_path)
     constant = {e.step.label: e for e in estimate(v05, latency_ms=15)}[
         "gpu-onnxruntime ConstantStream performance"
     ]
-    assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 66.66))
+    assert (constant.queries, constant.seconds) == (100000, pytest.approx(100000 / 60))
+
+
+def test_estimate_says_where_the_constant_stream_rate_comes_from(tmp_path: Path) -> None:
+    """Before the rate search, the estimate says so and takes the search's first rate; after it, the
+    rate found (v1.0: only the round's own 15 QPS, which a lower rate found does not replace)."""
+    for name, searched, expected in (("cuda-v0.5", "7.5", 7.5), ("cuda-v1.0", "7.5", 15.0)):
+        template = load_plan(PLANS / f"{name}.yaml", tmp_path / name)
+        run = next(r for r in template.runs if r.scenario == "ConstantStream")
+        assert constant_stream_rate(template, run, 100) == (
+            9.0,
+            "the rate search has not run: its first rate",
+        )
+        folder = template.results_dir / run.system / "ssd" / "ConstantStream"
+        folder.mkdir(parents=True)
+        (folder / TARGET_QPS_FILE).write_text(searched + "\n")
+        qps, source = constant_stream_rate(template, run, 100)
+        assert qps == expected
+        assert source == (
+            "the rate search's"
+            if name == "cuda-v0.5"
+            else "the round's; the rate search found only 7.5 QPS holds"
+        )
+        lines = format_estimate(template, estimate(template, latency_ms=100), latency_ms=100).splitlines()
+        assert f"{run.label}: ConstantStream at {expected:g} QPS ({source})" in lines
 
 
 def test_max_hours_refuses_before_anything_is_written(tmp_path: Path) -> None:

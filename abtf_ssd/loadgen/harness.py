@@ -1,7 +1,8 @@
 """The LoadGen harness: one benchmark run a call, from :class:`RunOptions` to its results folder.
 
-Here: a run's options and result, its folders, the find-performance values it stores and later runs
-read (expected latency, ConstantStream's target QPS), and the run itself. The QSL, the SUT and the
+Here: a run's result (its options: :mod:`abtf_ssd.loadgen.options`), its folders, the find-performance
+values it stores and later runs read (expected latency, ConstantStream's target QPS), and the run
+itself. The QSL, the SUT and the
 CTRL-C guard LoadGen calls are in :mod:`abtf_ssd.loadgen.sut`; what is checked of the dataset before
 a run, in :mod:`abtf_ssd.loadgen.dataset_checks`.
 
@@ -13,7 +14,8 @@ Layout of the results (the submission's, section 7 of BENCHMARK.md)::
         TEST01/performance/run_1/   a compliance run (an audit config was given)
         find-performance/       the short run that measured the expected latency
         expected_latency_ns.txt the expected latency (ns, end to end) later runs of the scenario use
-        target_qps.txt          ConstantStream: the highest rate within the latency bound (find-performance)
+        target_qps.txt          ConstantStream: the highest rate that held in the rate search
+        rate_search.json        ConstantStream: the search's trials (:mod:`abtf_ssd.loadgen.find_rate`)
 
 LoadGen reads ``audit.config`` from the working directory and applies it to any run; the run
 therefore takes place with the output folder as working directory, and an audit config is
@@ -52,13 +54,13 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from abtf_ssd.cognata import SPLIT_PREFIXES
 from abtf_ssd.config import BENCHMARK_CONFIG
 from abtf_ssd.data import metric
 from abtf_ssd.data.store import open_dataset
 from abtf_ssd.fileio import atomic_write_json, atomic_write_text
-from abtf_ssd.loadgen import accuracy, report, rules
+from abtf_ssd.loadgen import accuracy, find_rate, report, rules
 from abtf_ssd.loadgen.dataset_checks import check_image_size, check_sample_files, check_whole_split
+from abtf_ssd.loadgen.options import RunOptions
 from abtf_ssd.loadgen.sut import (
     EXIT_INTERRUPTED,
     INTERRUPT_GRACE_S,
@@ -73,7 +75,6 @@ from abtf_ssd.loadgen.sut import (
 
 MODEL_DIR = "ssd"
 EXPECTED_LATENCY_FILE = "expected_latency_ns.txt"
-TARGET_QPS_FILE = "target_qps.txt"
 RESULTS_JSON = "results.json"
 USER_CONF = "user.conf"
 COMMAND_TXT = "command.txt"
@@ -117,44 +118,6 @@ class RunInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-@dataclass
-class RunOptions:
-    """Everything one benchmark run needs. Paths may be relative to the caller's directory."""
-
-    dataset_dir: str | Path
-    model_path: str | Path | None = None
-    framework: str = "onnxruntime"
-    device: str = "cpu"
-    config_name: str | None = None
-    """None: the backend's (inferred from the model), else the benchmark config."""
-    scenario: str = "SingleStream"
-    mode: str = "performance"
-    """``performance`` | ``accuracy`` | ``find-performance``."""
-    round: str = rules.DEFAULT_ROUND
-    execution_mode: str = "test"
-    """``test``: at most ``test_query_count`` queries (and QSL samples); ``valid``: the full rules."""
-    test_query_count: int = rules.DEFAULT_TEST_QUERY_COUNT
-    performance_sample_count: int | None = None
-    """None: the round's (128), lowered to the QSL size when that is smaller."""
-    batch_size: int = 1
-    """Largest batch the SUT sends the backend (Offline and MultiStream; SingleStream is 1)."""
-    threads: int | None = None
-    results_dir: str | Path = "results"
-    system_name: str = "default"
-    user_conf: str | Path | None = None
-    audit_config: str | Path | None = None
-    """An explicit audit.config makes this a compliance run; None keeps every audit.config away."""
-    expected_latency_ns: int | None = None
-    """None: the value a find-performance run stored for this scenario, if any."""
-    target_qps: float | None = None
-    """ConstantStream's rate; None: the one a find-performance run stored, else the round's."""
-    dataset_prefix: str = SPLIT_PREFIXES["validation"]
-    output_dir: str | Path | None = None
-    """Overrides the results layout (the folder LoadGen writes into)."""
-    command: str | None = None
-    """Written to command.txt; None records this process's command line."""
 
 
 @dataclass
@@ -245,25 +208,25 @@ def stored_expected_latency(options: RunOptions) -> int | None:
     return int(text)
 
 
-def stored_target_qps(options: RunOptions) -> float | None:
-    """The ConstantStream rate a find-performance run stored for this system."""
-    path = scenario_dir(options) / TARGET_QPS_FILE
-    if not path.is_file():
+def reusable_find_performance(options: RunOptions) -> str | None:
+    """Why a find-performance run the user did not ask for can be skipped (a line to print), or None.
+
+    ConstantStream only: a rate search stored for the same model stands (its trials take minutes).
+    """
+    if options.scenario != "ConstantStream":
         return None
-    text = path.read_text(encoding="utf-8").strip()
-    try:
-        return rules.check_target_qps(float(text))
-    except (ValueError, rules.RulesError):
-        raise ValueError(
-            f"{path}: expected a positive number of queries per second, found {text!r}"
-        ) from None
+    return find_rate.reusable_search(scenario_dir(options), options.model_path)
 
 
 def _target_qps(options: RunOptions) -> float | None:
-    """The rate of a ConstantStream run: given, else stored by find-performance, else None (the round's)."""
+    """The rate of a ConstantStream run: given, else stored by find-performance (as the round allows),
+    else None (the round's); the warnings about it are printed."""
     if options.scenario != "ConstantStream" or options.mode == "find-performance":
         return None
-    return rules.check_target_qps(options.target_qps) or stored_target_qps(options)
+    qps, warnings = find_rate.run_rate(options.round, options.target_qps, scenario_dir(options))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return qps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,9 +398,20 @@ def run(options: RunOptions, backend: Backend | None = None) -> RunResult:
     if options.mode == "find-performance" and result.expected_latency_ns is not None and result.ok:
         stored = scenario_dir(options) / EXPECTED_LATENCY_FILE
         print(f"expected latency {result.expected_latency_ns} ns written to {stored}")
-        if result.target_qps is not None:
-            stored = scenario_dir(options) / TARGET_QPS_FILE
-            print(f"ConstantStream target QPS {result.target_qps:g} written to {stored}")
+    if options.scenario == "ConstantStream" and options.mode == "find-performance" and result.ok:
+        with guard:
+            result.target_qps = find_rate.search_for_run(
+                options,
+                sut,
+                library,
+                scenario_dir(options),
+                out_dir,
+                _tail_latency_ns(result.summary),
+                total,
+                performance_count,
+            )
+        result.interrupted = interrupt.is_set()
+        _write_results_json(result, dataset_dir, settings, backend_name)
     if result.interrupted:
         print(result.failure_message(), file=sys.stderr)
         raise RunInterrupted(result.failure_message(), result)
@@ -507,10 +481,6 @@ def _collect(
         result.expected_latency_ns = _measured_latency(summary)
         path = scenario_dir(options) / EXPECTED_LATENCY_FILE
         atomic_write_text(path, f"{result.expected_latency_ns}\n")
-        if options.scenario == "ConstantStream":
-            constant = rules.get_round(options.round).constant_stream
-            result.target_qps = constant.target_qps_within_bound(_tail_latency_ns(summary))
-            atomic_write_text(scenario_dir(options) / TARGET_QPS_FILE, f"{result.target_qps:g}\n")
     return result
 
 

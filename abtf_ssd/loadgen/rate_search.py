@@ -9,7 +9,7 @@ over real ConstantStream trials instead:
 1. start from a safe rate derived from the back-to-back 99.9th percentile
    (:func:`start_rate`: the bound minus the margin equals that latency);
 2. bracket: step up by :data:`STEP` while trials hold, or down (to the rate the failed trial's own
-   tail allows, at least one step) until one holds;
+   tail allows: at least one step, at most :data:`MAX_DROP`) until one holds;
 3. bisect between the highest rate that held and the lowest that failed, to ``resolution_qps``.
 
 A trial holds when its 99.9th percentile latency is at most ``(1 - margin)`` of the bound
@@ -34,6 +34,13 @@ DEFAULT_TRIAL_QUERIES = 1000
 DEFAULT_MAX_TRIALS = 16
 STEP = 1.2
 """Bracketing factor between two rates."""
+MAX_DROP = 4.0
+"""The most a failed trial divides the rate by before the next one."""
+TEST_TRIAL_SECONDS = 10.0
+TEST_TRIAL_QUERIES = 200
+TEST_RESOLUTION_QPS = 0.05
+TEST_MAX_TRIALS = 10
+"""A test-mode search (``--execution_mode=test``, ``_short``): shorter trials, a coarser resolution."""
 TRIALS_FILE = "rate_search.json"
 """Written beside ``target_qps.txt``: the settings, every trial and the outcome."""
 
@@ -127,6 +134,19 @@ class SearchResult:
         }
 
 
+def default_settings(execution_mode: str, ceiling_qps: float | None = None) -> SearchSettings:
+    """The search's defaults for a ``valid`` or a ``test`` find-performance run."""
+    if execution_mode == "test":
+        return SearchSettings(
+            resolution_qps=TEST_RESOLUTION_QPS,
+            trial_seconds=TEST_TRIAL_SECONDS,
+            trial_queries=TEST_TRIAL_QUERIES,
+            max_trials=TEST_MAX_TRIALS,
+            ceiling_qps=ceiling_qps,
+        )
+    return SearchSettings(ceiling_qps=ceiling_qps)
+
+
 def bound_ns(qps: float) -> int:
     """LoadGen's ConstantStream latency bound at ``qps``: the query interval, truncated to ns."""
     return int(1e9 / qps)
@@ -210,9 +230,10 @@ def search(
             high = qps
             if low is not None:
                 break
-            # the bound must at least cover the tail this trial saw; and step at least once
+            # Down one step at least; further where the bound cannot cover the tail this trial saw,
+            # but no more than MAX_DROP at once (a queue's tail says little about one query's).
             allowed = (1.0 - settings.margin) * 1e9 / max(done.p999_ms * 1e6, 1.0)
-            down = _clamp(min(qps / STEP, allowed), settings)
+            down = _clamp(min(qps / STEP, max(allowed, qps / MAX_DROP)), settings)
             if down >= qps:
                 break  # at the floor
             qps = down

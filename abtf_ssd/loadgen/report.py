@@ -155,6 +155,10 @@ class RunSummary:
     loadgen_version: str | None = None
     metric: str | None = None
     """The round's reported metric with its unit (a performance run summarized for a round), else None."""
+    target_qps: float | None = None
+    """ConstantStream: the rate LoadGen issued queries at."""
+    warnings: list[str] = field(default_factory=list)
+    """What a reader of the table must know about the run (a v1.0 ConstantStream off the round's rate)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,6 +235,13 @@ def summarize_run(
             key = get_round(round).metric(str(values.get("effective_scenario", scenario)).replace(" ", ""))
             if mode != "find-performance" and values.get(key):  # 0: too few queries for an estimate
                 summary.metric = format_metric(key, values[key])
+        if values.get("effective_scenario") == "ConstantStream" and "effective_target_qps" in values:
+            summary.target_qps = float(values["effective_target_qps"])  # type: ignore[arg-type]
+            if round is not None:
+                from abtf_ssd.loadgen.rules import get_round
+
+                warning = get_round(round).constant_stream.rate_warning(summary.target_qps)
+                summary.warnings += [warning] if warning else []
     else:
         trace = read_trace_latencies(log_dir / TRACE_LOG)
         if trace is not None and len(trace.query_ns):
@@ -312,6 +323,7 @@ def format_table(summaries: list[RunSummary]) -> str:
         if s.failed_queries:
             notes.append(f"  {label}: {s.failed_queries} queries raised and were answered empty: run FAILED")
         notes += [f"  {label}: LoadGen error: {error}" for error in s.errors]
+        notes += [f"  {label}: {warning}" for warning in s.warnings]
     if notes:
         lines += ["", "notes:", *notes]
     return "\n".join(lines)

@@ -89,12 +89,15 @@ class ConstantStreamRules(LatencyRules):
         """The latency LoadGen holds each query to at ``target_qps`` (default: the round's)."""
         return int(1e9 / (target_qps or self.target_qps))  # LoadGen truncates too
 
-    def target_qps_within_bound(self, latency_ns: float) -> float:
-        """The highest QPS whose bound (``1 / QPS``) a system of this query latency meets, rounded down
-        to 0.01 QPS; capped at the round's QPS where the round reports the latency at its own rate."""
-        qps = math.floor(1e9 / max(latency_ns, 1.0) * 100) / 100
-        qps = max(qps, MIN_TARGET_QPS)
-        return min(qps, self.target_qps) if self.qps_capped_at_round else qps
+    def rate_warning(self, qps: float) -> str | None:
+        """Why a result at ``qps`` is not the round's own, where the round reports latency at its rate."""
+        if not self.qps_capped_at_round or math.isclose(qps, self.target_qps):
+            return None
+        return (
+            f"ConstantStream at {qps:g} QPS, not the round's {self.target_qps:g} QPS (mlperf.conf "
+            f"{MODEL_NAME}.ConstantStream.target_qps), at which the round reports the 99.9th percentile "
+            "latency; the official checker does not check the rate"
+        )
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,19 @@ class _Inputs:
             raise self.fail(key, f"must be a positive number of {unit}")
         return number
 
+    def fraction(self, key: str, what: str) -> float | None:
+        """A number in [0, 1) (a fraction ``what``), or None when not given."""
+        value = self.text(key)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.fail(key, f"not a number; give a fraction {what} like 0.1") from None
+        if not 0 <= number < 1:
+            raise self.fail(key, f"must be a fraction {what} in [0, 1), like 0.1")
+        return number
+
     def yes_no(self, key: str) -> bool:
         value = self.env.get(key)
         if value is None or value == "":
@@ -347,6 +360,11 @@ def check_request(env: Mapping[str, Any], flags: Mapping[str, str]) -> RunReques
     inputs.integer("MLC_ABTF_WORKERS", 1)
     inputs.positive(f"{_PREFIX}TARGET_LATENCY", "milliseconds")
     inputs.positive(f"{_PREFIX}CONSTANTSTREAM_TARGET_QPS", "queries per second")
+    inputs.positive(f"{_PREFIX}CONSTANTSTREAM_TRIAL_SECONDS", "seconds")
+    inputs.integer(f"{_PREFIX}CONSTANTSTREAM_TRIAL_QUERIES", 1)
+    inputs.positive(f"{_PREFIX}CONSTANTSTREAM_RESOLUTION", "queries per second")
+    inputs.integer(f"{_PREFIX}CONSTANTSTREAM_MAX_TRIALS", 1)
+    inputs.fraction(f"{_PREFIX}CONSTANTSTREAM_MARGIN", "of the latency bound")
 
     user_conf = inputs.path(f"{_PREFIX}USER_CONF")
     if user_conf is not None:
@@ -448,17 +466,19 @@ def prepare_run(env: MutableMapping[str, Any], flags: Mapping[str, str]) -> RunR
     system_name = env.setdefault(f"{_PREFIX}SYSTEM_NAME", defaults.system_name)
     env["MLC_ABTF_SUT_INFO_PATH"] = os.path.join(results_dir, system_name, SUT_INFO_NAME)
     valid = request.execution_mode == "valid"
-    if valid and env.get(f"{_PREFIX}DO_PERFORMANCE") == "yes" and not env.get(f"{_PREFIX}TARGET_LATENCY"):
+    asked = env.get(f"{_PREFIX}DO_FIND_PERFORMANCE") == "yes"
+    constant_stream = env.get(f"{_PREFIX}SCENARIO") == "ConstantStream"
+    performance = env.get(f"{_PREFIX}DO_PERFORMANCE") == "yes"
+    if valid and performance and not constant_stream and not env.get(f"{_PREFIX}TARGET_LATENCY"):
         # A valid run lasts as planned only with a measured expected latency.
         env[f"{_PREFIX}DO_FIND_PERFORMANCE"] = "yes"
-    if (
-        env.get(f"{_PREFIX}SCENARIO") == "ConstantStream"
-        and env.get(f"{_PREFIX}DO_PERFORMANCE") == "yes"
-        and not env.get(f"{_PREFIX}CONSTANTSTREAM_TARGET_QPS")
-    ):
-        # Without a given rate, find the highest one within the latency bound: at the round's 15 QPS a
-        # slower system piles queries up (and its latencies measure the queue).
+    if constant_stream and performance and not env.get(f"{_PREFIX}CONSTANTSTREAM_TARGET_QPS"):
+        # Without a given rate, search the highest one that holds: at the round's 15 QPS a slower
+        # system piles queries up (and its latencies measure the queue). A search stored for the same
+        # model stands (the app says so): only _find-performance searches again.
         env[f"{_PREFIX}DO_FIND_PERFORMANCE"] = "yes"
+        if not asked:
+            env[f"{_PREFIX}FIND_PERFORMANCE_IMPLIED"] = "yes"
     if request.submission:
         # What generate-mlperf-submission-automotive needs from this run.
         env["MLC_ABTF_SUBMISSION_RESULTS_DIR"] = results_dir

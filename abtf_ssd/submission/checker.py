@@ -316,6 +316,11 @@ def check_performance_run(
         report.add(detail, "result-metric", f"no numeric {metric} (the metric round {rules.name} reports)")
     if scenario == "ConstantStream" and values.get("effective_server_constant_gen") is not True:
         report.add(detail, "constant-gen", "ConstantStream needs server_constant_gen = true")
+    qps = values.get("effective_target_qps")
+    if scenario == "ConstantStream" and isinstance(qps, (int, float)):
+        warning = rules.constant_stream.rate_warning(float(qps))
+        if warning:
+            report.add(detail, "constant-stream-rate", warning)
     if division == "closed" and not is_automotive_loadgen(values):
         report.add(
             detail,

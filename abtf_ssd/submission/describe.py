@@ -165,6 +165,11 @@ def scenario_readme(
         ("mAP target (99.9 % of 0.7179)", f"{MAP_TARGET:.7f}"),
         ("LoadGen", loadgen_description(perf)),
     ]
+    qps = perf.get("effective_target_qps")
+    if scenario == "ConstantStream" and isinstance(qps, (int, float)):
+        rows.append(("Target QPS", f"{qps:g}"))
+        warning = get_round(version).constant_stream.rate_warning(float(qps))
+        notes = [*notes, warning] if warning else notes
     for key, label in (("framework", "Framework"), ("device", "Device"), ("config_name", "Model config")):
         if run_info.get(key):
             rows.append((label, str(run_info[key])))

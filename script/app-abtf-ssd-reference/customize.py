@@ -27,6 +27,11 @@ _OPTIONS = {
     "audit_config": ("MLC_ABTF_RUN_AUDIT_CONFIG", str),
     "dataset_prefix": ("MLC_ABTF_DATASET_PREFIX", str),
     "target_qps": ("MLC_ABTF_RUN_CONSTANTSTREAM_TARGET_QPS", float),
+    "rate_margin": ("MLC_ABTF_RUN_CONSTANTSTREAM_MARGIN", float),
+    "rate_trial_seconds": ("MLC_ABTF_RUN_CONSTANTSTREAM_TRIAL_SECONDS", float),
+    "rate_trial_queries": ("MLC_ABTF_RUN_CONSTANTSTREAM_TRIAL_QUERIES", int),
+    "rate_resolution_qps": ("MLC_ABTF_RUN_CONSTANTSTREAM_RESOLUTION", float),
+    "rate_max_trials": ("MLC_ABTF_RUN_CONSTANTSTREAM_MAX_TRIALS", int),
 }
 
 
@@ -57,7 +62,13 @@ def preprocess(i):
 
 def _run(env):
     from abtf_ssd.cli import run_arguments
-    from abtf_ssd.loadgen.harness import COMPLIANCE_TEST, RunOptions, output_dir, scenario_dir
+    from abtf_ssd.loadgen.harness import (
+        COMPLIANCE_TEST,
+        RunOptions,
+        output_dir,
+        reusable_find_performance,
+        scenario_dir,
+    )
     from abtf_ssd.mlc.scripts import env_store_kind
 
     options = RunOptions(dataset_dir=_dataset(env), config_name=_config(env), **_given_options(env))
@@ -67,6 +78,11 @@ def _run(env):
         # A synthetic set is small: a test run covers all of it, so the mAP is over every frame.
         options = dataclasses.replace(options, test_query_count=_sample_count(options))
     options = dataclasses.replace(options, results_dir=os.path.abspath(options.results_dir))
+    reuse = None
+    if options.mode == "find-performance" and env.get("MLC_ABTF_RUN_FIND_PERFORMANCE_IMPLIED") == "yes":
+        reuse = reusable_find_performance(options)
+        if reuse:
+            print(reuse)
     with tempfile.TemporaryDirectory(prefix="abtf-audit-") as audit_dir:
         test = env.get("MLC_ABTF_RUN_COMPLIANCE_TEST")
         if test and options.audit_config is None:
@@ -76,7 +92,7 @@ def _run(env):
         command = [sys.executable, "-m", "abtf_ssd.cli", "run", *run_arguments(options)]
         if env_store_kind(env) == "mmap":
             command += ["--store", "mmap"]  # a pickle folder is converted once into <folder>/mmap
-        if subprocess.run(command, check=False).returncode != 0:
+        if not reuse and subprocess.run(command, check=False).returncode != 0:
             raise RuntimeError(f"the {options.mode} run failed (see above)")
     kind = (f"{COMPLIANCE_TEST}_" if options.audit_config else "") + options.mode.upper().replace("-", "_")
     env[f"MLC_ABTF_APP_{kind}_DIR"] = str(output_dir(options))

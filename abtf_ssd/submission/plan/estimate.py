@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from abtf_ssd.cognata import official_split, read_split
-from abtf_ssd.loadgen import rules
-from abtf_ssd.loadgen.harness import COMPLIANCE_TEST, RESULTS_JSON, RunOptions
+from abtf_ssd.loadgen import find_rate, rate_search, rules
+from abtf_ssd.loadgen.harness import COMPLIANCE_TEST, RESULTS_JSON, RunOptions, scenario_dir
 from abtf_ssd.submission.plan.format import (
     ACCURACY,
     FIND_PERFORMANCE,
@@ -76,7 +76,7 @@ def run_latency(plan: Plan, run: PlannedRun, latency_ms: float | None = None) ->
 
 def _stored(plan: Plan, run: PlannedRun, reader: Callable[[RunOptions], float | None]) -> float | None:
     """What a find-performance run stored for ``run``'s system and scenario (``reader``: the harness's
-    ``stored_expected_latency`` or ``stored_target_qps``); None when nothing or something unreadable."""
+    ``stored_expected_latency``); None when nothing or something unreadable."""
     options = RunOptions(
         dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
     )
@@ -86,22 +86,46 @@ def _stored(plan: Plan, run: PlannedRun, reader: Callable[[RunOptions], float | 
         return None
 
 
-def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -> float:
-    """The rate a ConstantStream run issues queries at: the plan's ``target_qps``, else the one a
-    find-performance run stored, else the one find-performance will find at ``latency_ms`` (valid
-    mode: the highest rate within the round's latency bound), else the round's."""
-    from abtf_ssd.loadgen.harness import stored_target_qps
-
+def constant_stream_rate(plan: Plan, run: PlannedRun, latency_ms: float | None) -> tuple[float, str]:
+    """The rate a ConstantStream run issues queries at, and where it comes from: the plan's
+    ``target_qps``; else the rate search's (as the round takes it: v1.0 runs at its own 15 QPS unless
+    that held); else, before any search, the search's first rate at ``latency_ms`` (valid mode:
+    find-performance searches) or the round's."""
     constant = rules.get_round(plan.round).constant_stream
     if run.target_qps is not None:
-        return run.target_qps
-    stored = _stored(plan, run, stored_target_qps)
+        return run.target_qps, "the plan's"
+    folder = scenario_dir(
+        RunOptions(
+            dataset_dir="", scenario=run.scenario, results_dir=plan.results_dir, system_name=run.system
+        )
+    )
+    try:
+        stored = find_rate.stored_target_qps(folder)
+        qps, _ = find_rate.run_rate(plan.round, None, folder)
+    except ValueError:
+        stored = qps = None
+    if qps is not None:
+        return qps, "the rate search's"
     if stored is not None:
-        return stored
-    finds_rate = run.execution_mode == "valid" and run.latency_ms is None
-    if finds_rate and latency_ms is not None:
-        return constant.target_qps_within_bound(latency_ms * 1e6)
-    return constant.target_qps
+        return constant.target_qps, f"the round's; the rate search found only {stored:g} QPS holds"
+    if run.execution_mode == "valid" and run.latency_ms is None and latency_ms is not None:
+        settings = find_rate.search_settings("valid", plan.round)
+        first = rate_search.start_rate(latency_ms * 1e6, settings)
+        return first, "the rate search has not run: its first rate"
+    return constant.target_qps, "the round's; the rate search has not run"
+
+
+def constant_stream_qps(plan: Plan, run: PlannedRun, latency_ms: float | None) -> float:
+    """The rate of :func:`constant_stream_rate`."""
+    return constant_stream_rate(plan, run, latency_ms)[0]
+
+
+def rate_search_seconds(plan: Plan, run: PlannedRun, latency_ms: float) -> float:
+    """At most how long the ConstantStream rate search of ``run``'s find-performance takes: its whole
+    trial budget at the rate it starts from."""
+    settings = find_rate.search_settings(run.execution_mode, plan.round)
+    qps = rate_search.start_rate(latency_ms * 1e6, settings)
+    return settings.max_trials * max(settings.trial_seconds, settings.trial_queries / qps)
 
 
 def step_queries(plan: Plan, step: Step, latency_ms: float | None = None) -> int:
@@ -141,6 +165,8 @@ def step_seconds(plan: Plan, step: Step, latency_ms: float) -> float:
     seconds = queries * latency_ms / 1000
     if run.scenario == "ConstantStream" and step.kind != FIND_PERFORMANCE:
         seconds = max(seconds, queries / constant_stream_qps(plan, run, latency_ms))
+    if run.scenario == "ConstantStream" and step.kind == FIND_PERFORMANCE:
+        seconds += rate_search_seconds(plan, run, latency_ms)
     if run.execution_mode == "valid" and step.kind in (PERFORMANCE, COMPLIANCE_TEST):
         seconds = max(seconds, _latency_rules(plan, run).min_duration_ms / 1000)
     return seconds
@@ -185,6 +211,16 @@ def format_estimate(plan: Plan, estimates: list[StepEstimate], latency_ms: float
     )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    shown = set()
+    for item in estimates:
+        run = item.step.run
+        if run.scenario == "ConstantStream" and run.label not in shown:
+            shown.add(run.label)
+            latency = run_latency(plan, run, latency_ms).ms
+            qps, source = constant_stream_rate(plan, run, latency)
+            lines.append(f"{run.label}: ConstantStream at {qps:g} QPS ({source})")
+    if any(e.step.run.scenario == "ConstantStream" and e.step.kind == FIND_PERFORMANCE for e in estimates):
+        lines.append("find-performance of ConstantStream counts the rate search's whole trial budget")
     if unknown:
         lines.append(
             f"{unknown} run(s) without a known latency are not in the total: give --latency-ms, "

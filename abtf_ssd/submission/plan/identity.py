@@ -220,7 +220,8 @@ def step_folder(plan: Plan, step: Step) -> Path:
 
 def step_identity(plan: Plan, step: Step, resolved: Resolved, loadgen_kind: str) -> dict[str, Any]:
     """Everything that makes a step's result what it is; a finished step with the same identity is kept."""
-    from abtf_ssd.loadgen.harness import stored_expected_latency, stored_target_qps
+    from abtf_ssd.loadgen import find_rate
+    from abtf_ssd.loadgen.harness import scenario_dir, stored_expected_latency
 
     run = step.run
     options = run_options(plan, step, resolved)
@@ -229,7 +230,7 @@ def step_identity(plan: Plan, step: Step, resolved: Resolved, loadgen_kind: str)
         expected = stored_expected_latency(options)
     target_qps = None
     if run.scenario == "ConstantStream" and step.kind != FIND_PERFORMANCE:
-        target_qps = options.target_qps or stored_target_qps(options)
+        target_qps, _ = find_rate.run_rate(plan.round, options.target_qps, scenario_dir(options))
     return {
         "round": plan.round,
         "system": run.system,
