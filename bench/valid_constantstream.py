@@ -85,10 +85,10 @@ def main() -> int:
     raw, val, calib = work / "raw", work / "val", work / "calib"
     if not (raw / "val_set.csv").is_file():
         step(abtf, "synth", "--out", str(raw), "--frames", str(args.frames), "--calibration-frames", "16")
-    for split, folder in (("validation", val), ("calibration", calib)):
+    for split_csv, prefix, folder in (("val_set.csv", "val", val), ("calibration_set.csv", "calib", calib)):
         if not (folder / "dataset.json").is_file():
-            step(abtf, "preprocess", "--raw", str(raw), "--split", split, "--out", str(folder),
-                 "--config", args.config)  # fmt: skip
+            step(abtf, "preprocess", "--raw", str(raw), "--split-csv", str(raw / split_csv),
+                 "--out", str(folder), "--prefix", prefix, "--config", args.config)  # fmt: skip
     model = work / f"ssd_{args.config}.onnx"
     if not model.is_file():
         step(abtf, "export-onnx", "--config", args.config, "--out", str(model),

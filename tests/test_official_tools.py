@@ -222,6 +222,14 @@ def test_constant_stream_runs_at_the_given_rate_without_a_loadgen_error(
     if setup.tools.round == "v1.0":
         # The v1.0 bound comes from the rate: target_latency 0 in its mlperf.conf.
         assert values["effective_target_latency_ns"] == round(1e9 / CONSTANT_STREAM_QPS)
+    # v1.0 reports the latency at its own 15 QPS: a result at 4 QPS is flagged (a warning; the
+    # official checker does not check the rate), in our checker and in the scenario's README.
+    warnings = [w.rule for w in run_checks(tree, setup.tools.round, allow_test_mode=True).warnings]
+    readme = (tree / "open" / SUBMITTER / ("measurements" if setup.tools.round == "v0.5" else "results")
+              / SYSTEM / "ssd" / "ConstantStream" / "README.md").read_text()  # fmt: skip
+    assert "| Target QPS | 4 |" in readme
+    flagged = "ConstantStream at 4 QPS, not the round's 15 QPS" in readme
+    assert flagged == ("constant-stream-rate" in warnings) == (setup.tools.round == "v1.0")
 
 
 def _mutate_detail(path: Path, key: str, value: object) -> None:

@@ -158,8 +158,13 @@ def test_a_constant_stream_row_shows_the_rounds_metric(round_name: str, unit: st
     key = ROUNDS[round_name].metric("ConstantStream")
     values = detail_values(read_detail_log(tmp_path / "run" / DETAIL_LOG))
     assert summary.metric == format_metric(key, values[key]) and summary.metric.endswith(f" {unit}")
-    row = format_table([summary]).splitlines()[2]
+    table = format_table([summary])
+    row = table.splitlines()[2]
     assert row.split()[:3] == ["ConstantStream", "performance", "4"]  # no "ConstantStreamperformance"
+    assert summary.target_qps == values["effective_target_qps"]
+    # v1.0 reports the latency at its 15 QPS: a row at another rate says so in the notes
+    off_round = summary.target_qps != 15 and round_name == "v1.0"
+    assert ("not the round's 15 QPS" in table) == off_round and bool(summary.warnings) == off_round
 
 
 def test_missing_detail_log(tmp_path: Path) -> None:

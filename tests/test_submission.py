@@ -435,6 +435,18 @@ def test_scenario_readme_shows_the_metric_the_round_reports(scenario, version, r
     assert row in readme, readme
 
 
+@pytest.mark.parametrize(("version", "flagged"), [("v0.5", False), ("v1.0", True)])
+def test_scenario_readme_names_the_constant_stream_rate(version: str, flagged: bool) -> None:
+    perf = {"result_99.90_percentile_latency_ns": 61_234_567, "effective_target_qps": 7.5}
+    readme = scenario_readme(SYSTEM, "ConstantStream", perf, 0.5, {}, None, [], version)
+    assert "| Target QPS | 7.5 |" in readme
+    assert ("- ConstantStream at 7.5 QPS, not the round's 15 QPS" in readme) == flagged
+    at_round = scenario_readme(
+        SYSTEM, "ConstantStream", {**perf, "effective_target_qps": 15.0}, 0.5, {}, None, [], version
+    )
+    assert "not the round's" not in at_round
+
+
 def test_accuracy_log_is_truncated_with_the_original_hash(closed_tree, automotive_results):
     original = (automotive_results.scenario_dir / "accuracy" / layout.ACCURACY_LOG).read_bytes()
     assert len(original) > layout.MAX_ACCURACY_LOG_BYTES  # the fixture must exercise truncation
