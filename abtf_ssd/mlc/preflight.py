@@ -27,7 +27,7 @@ on this machine. To add a check, add it to :func:`check_request` (or a helper of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,31 +123,28 @@ class _Inputs:
             raise self.fail(key, f"must be at least {minimum}")
         return number
 
-    def positive(self, key: str, unit: str) -> float | None:
-        """A positive finite number of ``unit`` (``milliseconds``), or None when not given."""
+    def _number(self, key: str, example: str, within: Callable[[float], bool], problem: str) -> float | None:
+        """The number ``key`` gives (None when not given); ``problem`` when ``within`` refuses it."""
         value = self.text(key)
         if value is None:
             return None
         try:
             number = float(value)
         except ValueError:
-            raise self.fail(key, f"not a number of {unit}; give one like 250 or 12.5") from None
-        if not 0 < number < float("inf"):
-            raise self.fail(key, f"must be a positive number of {unit}")
+            raise self.fail(key, f"not a number; give one like {example}") from None
+        if not within(number):
+            raise self.fail(key, problem)
         return number
+
+    def positive(self, key: str, unit: str) -> float | None:
+        """A positive finite number of ``unit`` (``milliseconds``), or None when not given."""
+        problem = f"must be a positive number of {unit}"
+        return self._number(key, f"250 or 12.5 ({unit})", lambda n: 0 < n < float("inf"), problem)
 
     def fraction(self, key: str, what: str) -> float | None:
         """A number in [0, 1) (a fraction ``what``), or None when not given."""
-        value = self.text(key)
-        if value is None:
-            return None
-        try:
-            number = float(value)
-        except ValueError:
-            raise self.fail(key, f"not a number; give a fraction {what} like 0.1") from None
-        if not 0 <= number < 1:
-            raise self.fail(key, f"must be a fraction {what} in [0, 1), like 0.1")
-        return number
+        problem = f"must be a fraction {what} in [0, 1), like 0.1"
+        return self._number(key, "0.1", lambda n: 0 <= n < 1, problem)
 
     def yes_no(self, key: str) -> bool:
         value = self.env.get(key)
