@@ -109,7 +109,9 @@ def loadgen_trials(
                 p99_ns=float(values["result_99.00_percentile_latency_ns"]),  # type: ignore[arg-type]
                 p999_ns=float(values["result_99.90_percentile_latency_ns"]),  # type: ignore[arg-type]
                 over_bound=int(values.get("result_overlatency_query_count", 0)),  # type: ignore[arg-type]
-                loadgen_result=str(values.get("result_validity")),
+                # A trial is short, so LoadGen calls it INVALID for its length; what matters is its
+                # own latency check (p99.9 within the bound, with no margin).
+                loadgen_result="bound met" if values.get("result_perf_constraints_met") else "bound exceeded",
             )
         except KeyError as missing:
             raise RuntimeError(f"{out / report.DETAIL_LOG}: LoadGen logged no {missing}") from None

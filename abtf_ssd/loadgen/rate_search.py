@@ -96,7 +96,7 @@ class TrialLatency:
     over_bound: int
     """Queries whose latency exceeded the bound (LoadGen's ``result_overlatency_query_count``)."""
     loadgen_result: str | None = None
-    """LoadGen's own verdict of the trial (VALID / INVALID), where it gave one."""
+    """LoadGen's own latency verdict of the trial (``bound met`` / ``bound exceeded``), where it gave one."""
 
 
 @dataclass(frozen=True)
