@@ -10,20 +10,27 @@ Parts (``--parts``, default ``demo large cuda``):
   is ``--runs`` predict + decode calls a side on one frame, in alternating blocks (each after an
   untimed call), so that a drift in machine load hits both sides.
 - ``large``: the 8 MP benchmark-config model with seeded random weights (the scripts' ``_random``
-  model) and its INT8 model, quantized as the recipe does (same pre-processing, per-channel QDQ, the
-  recipe's FP32 nodes) but with every activation range set to [-8, 8] instead of calibrated:
-  ONNX Runtime's calibration of one 8 MP frame needs more than 21 GB of memory (killed here, on
-  23 GB shared), and the scales do not change the graph or its speed. ``--large-runs`` predict +
-  decode calls a side, alternating, the first call timed (8 MP calls take 10-30 s here). Random
-  weights and ranges make mAP meaningless there: speed only.
+  model) and its INT8 model made by ``quantize_int8`` with the default recipe, calibrated on
+  ``--large-calibration-frames`` (16) synthetic 8 MP calibration frames in a child process whose
+  time and peak resident memory (``VmHWM``) are printed and reported (the streaming calibration of
+  ``abtf_ssd/model/calibrate.py``; target: under 8 GB). ``--large-calibration-frames 0`` quantizes
+  with every activation range fixed at [-8, 8] instead (same graph, same speed, seconds instead
+  of half an hour). ``--large-runs`` predict + decode calls a side, alternating, each side's block
+  after one untimed call (the harness warms its session up too; ``--large-cold`` times the first
+  call instead, which pays for the first touch of the session's memory: 24 s vs 21.6 s for INT8
+  here). Wall and CPU seconds are printed: on a shared machine CPU seconds / wall seconds shows
+  the share of the cores a side got. Random weights make mAP meaningless there: speed only.
 - ``cuda``: where ONNX Runtime has the CUDA provider: the 8 MP model FP32 vs its FP16 conversion
   (``convert_fp16``), ``--cuda-runs`` timed calls a side after ``--cuda-warmup``, mean and p99.9;
   reported ``skipped`` elsewhere.
 
 "ours" is the reduced-precision side; ratio > 1: it is faster (latency) or the mAP ratio to FP32.
 
+Every CPU row names the CPU's vector extensions (``sysinfo.cpu_vector_text``): INT8 convolutions
+run about 2x faster than FP32 with AVX2 alone and about 4x with VNNI (bench/README.md).
+
     .venv/bin/python bench/bench_quantize.py [--parts demo large cuda] [--runs 20] [--large-runs 1]
-        [--threads N] [--json PATH]
+        [--large-calibration-frames 16] [--large-cold] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
