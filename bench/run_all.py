@@ -236,6 +236,7 @@ def machine() -> dict[str, Any]:
         "logical_cpus": cpu["host_logical_cpus"],
         "cpus_available_to_this_process": affinity,
         "cpu_frequency": cpu["host_processor_frequency"],
+        "cpu_vector_extensions": sysinfo.cpu_vector_text(),
         "cpu_caches": cpu["host_processor_caches"],
         "memory": f"{sysinfo.memory_gb()} GB",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()]
@@ -301,7 +302,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| CPU | {info['cpu_model']} ({info['cpu_frequency'] or 'frequency unknown'}) |",
+        f"| CPU | {info['cpu_model']} ({info['cpu_frequency'] or 'frequency unknown'}), "
+        f"{info.get('cpu_vector_extensions') or 'vector extensions unknown'} |",
         f"| cores | {info['physical_cores']} physical, {info['logical_cpus']} logical, "
         f"{info['cpus_available_to_this_process']} available to the run |",
         f"| caches | {info['cpu_caches'] or '-'} |",

@@ -154,6 +154,146 @@ def test_keep_fp32_groups_leave_those_convolutions_in_float(
     assert quantize.model_data_types(out).weights == "int8,fp32"
 
 
+@pytest.fixture(scope="module")
+def prepared_demo(demo_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model as quantize_int8 calibrates it (after ONNX Runtime's pre-processing)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared.onnx"
+    quant_pre_process(str(demo_onnx_model), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def ort_one_shot(model: Path, frames: list[np.ndarray], method: str, work: Path):
+    """ONNX Runtime's own calibration with every frame given in one call."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    kind = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    calibrator = create_calibrator(
+        model,
+        list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=kind,
+    )
+    name = calibrator.infer_session.get_inputs()[0].name
+    feeds = iter([{name: frame} for frame in frames])
+    reader = type("Reader", (), {"get_next": lambda self: next(feeds, None)})()
+    calibrator.collect_data(reader)
+    return calibrator.compute_data()
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_streaming_calibration_equals_onnxruntime_one_shot(
+    method: str, prepared_demo: Path, calibration_split: Path, tmp_path: Path, capsys
+) -> None:
+    """Frames one by one, the graph in segments (a small budget: many of them), in either order:
+    the ranges ONNX Runtime computes from all the frames at once, bit for bit (at the same thread
+    count: another one may change a convolution's last bit)."""
+    from abtf_ssd.data.store import open_dataset
+    from abtf_ssd.model.calibrate import calibrate, segment_count
+
+    dataset = open_dataset(calibration_split, quantize.CALIBRATION_PREFIX)
+    frames = [np.ascontiguousarray(dataset.image(i), dtype=np.float32) for i in range(len(dataset))]
+    assert len(frames) == CALIBRATION_FRAMES
+    expected = ort_one_shot(prepared_demo, frames, method, tmp_path)
+    budget = 2 << 20
+    assert segment_count(prepared_demo, budget) > 10
+    streamed = calibrate(prepared_demo, frames, method, budget_bytes=budget, threads=0)
+    reversed_whole = calibrate(prepared_demo, frames[::-1], method, budget_bytes=1 << 40, threads=0)
+    capsys.readouterr()
+    assert set(streamed.keys()) == set(expected.keys()) == set(reversed_whole.keys())
+    assert len(expected.keys()) > 100
+    for name in expected.keys():
+        want = [np.asarray(v, dtype=np.float32) for v in expected[name].range_value]
+        for got in (streamed[name], reversed_whole[name]):
+            assert [np.asarray(v, dtype=np.float32).tolist() for v in got.range_value] == [
+                w.tolist() for w in want
+            ], name
+        if method != "minmax":
+            assert np.array_equal(streamed[name].hist, expected[name].hist), name
+            assert np.array_equal(streamed[name].bins, expected[name].bins), name
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+import numpy as np, onnx
+from onnx import TensorProto, helper, numpy_helper
+from abtf_ssd.model.calibrate import calibrate
+
+frames_count, path = int(sys.argv[1]), sys.argv[2]
+# A mid-size network: 3 x 512 x 1024 input, eight 16-channel 3x3 convolutions with ReLUs and a
+# residual Add: 32 MB a tensor, 0.75 GB of calibrated tensors a frame.
+rng = np.random.default_rng(0)
+nodes, inits, x, c = [], [], "image", 3
+for i in range(8):
+    w = numpy_helper.from_array((rng.standard_normal((16, c, 3, 3)) * 0.2).astype(np.float32), f"w{i}")
+    inits.append(w)
+    nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"conv{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+    nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
+    x, c = f"relu{i}", 16
+nodes.append(helper.make_node("Add", ["relu1", x], ["sum"], name="add"))
+graph = helper.make_graph(
+    nodes, "mid", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 512, 1024])],
+    [helper.make_tensor_value_info("sum", TensorProto.FLOAT, [1, 16, 512, 1024])], inits)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+class Frames:
+    def __len__(self):
+        return frames_count
+    def __getitem__(self, i):
+        return np.random.default_rng(i).standard_normal((1, 3, 512, 1024), dtype=np.float32)
+
+Frames()[0]
+calibrate(path, [Frames()[0]], "minmax", budget_bytes=64 << 20, threads=1)  # warm the imports
+base = status("VmRSS:")
+ranges = calibrate(path, Frames(), "entropy", budget_bytes=64 << 20, threads=1)
+print(json.dumps({"peak": status("VmHWM:"), "base": base, "tensors": len(ranges.keys())}))
+"""
+
+
+def test_calibration_memory_is_flat_in_the_number_of_frames(tmp_path: Path) -> None:
+    """Peak resident memory of a streaming calibration (entropy: both passes) of a mid-size network
+    with 1 and 5 frames: the same, and under one frame's calibrated tensors (0.75 GB), which
+    ONNX Runtime's calibration holds per frame."""
+    script = tmp_path / "probe.py"
+    script.write_text(MEMORY_PROBE)
+    peaks = {}
+    for frames in (1, 5):
+        proc = subprocess.run(
+            [sys.executable, str(script), str(frames), str(tmp_path / "mid.onnx")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["tensors"] >= 17
+        peaks[frames] = result["peak"]
+    one, five = peaks[1], peaks[5]
+    assert five <= one * 1.05 + (16 << 20), peaks
+    assert five < 700 << 20, peaks
+
+
+def test_cpu_vector_extensions_from_flags() -> None:
+    from abtf_ssd.submission.sysinfo import cpu_vector_extensions
+
+    assert cpu_vector_extensions("fpu sse2 avx fma avx2") == ["AVX2"]
+    server = "avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_int8"
+    assert cpu_vector_extensions(server) == ["AVX2", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16", "AMX"]
+    assert cpu_vector_extensions("avx2 avx_vnni") == ["AVX2", "AVX-VNNI"]
+    assert cpu_vector_extensions("neon asimd") == []
+
+
 def test_fp16_model_keeps_float32_io_and_stays_close(
     demo_onnx_model: Path, tiny_dataset, tmp_path: Path
 ) -> None:
