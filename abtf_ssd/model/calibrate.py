@@ -26,7 +26,7 @@ Runtime's graph optimizations off and no memory arena, as its calibrators do, so
 the ones its calibration sees; at the same thread count (``threads=0``: ONNX Runtime's default)
 they are bit for bit equal, with another one a convolution may differ in its last bit. Peak
 memory: the weights, the tensors live at a cut, one segment's outputs (``budget_bytes``) and the
-work space of its largest node: 2.9 GB for the 8 MP model (bench/README.md), the same for any
+work space of its largest node: 2.93 GB for the 8 MP model (bench/README.md), the same for any
 number of frames.
 """
 
