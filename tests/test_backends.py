@@ -222,3 +222,15 @@ def test_onnx_path_does_not_import_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_a_checkpoint_of_a_network_with_two_input_sizes_is_the_config_it_records(tmp_path: Path) -> None:
+    """demo and small share every weight shape: the config a checkpoint records decides, else demo."""
+    from abtf_ssd.config import SMALL_CONFIG
+    from abtf_ssd.model.backends.pytorch_backend import infer_config
+
+    state = init_weights(build_ssd(SMALL_CONFIG), seed=0).state_dict()
+    for recorded, expected in ((SMALL_CONFIG, SMALL_CONFIG), (DEMO_CONFIG, DEMO_CONFIG), (None, DEMO_CONFIG)):
+        path = tmp_path / f"{recorded}.pth"
+        torch.save({"model_state_dict": state, **({"config": recorded} if recorded else {})}, path)
+        assert infer_config(path).name == expected

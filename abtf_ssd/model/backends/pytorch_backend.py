@@ -64,11 +64,18 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes_of(read_state_dict(path, mmap=True))
 
 
+def _recorded_config(path: Path) -> str | None:
+    """The config name a checkpoint of :func:`abtf_ssd.model.train.save_checkpoint` records, if any."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    name = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def infer_config(path: Path) -> SSDConfig:
     """The config whose model has exactly the checkpoint's parameter names and shapes.
 
     Raises:
-        BackendError: no config or several fit; for none, what differs from the closest config.
+        BackendError: no config fits: what differs from the closest config.
     """
     shapes = _checkpoint_shapes(path)
     model_shapes = {}
@@ -76,12 +83,13 @@ def infer_config(path: Path) -> SSDConfig:
         with torch.device("meta"):
             model_shapes[config.name] = shapes_of(SSDResNet50(config).state_dict())
     matches = [name for name, own in model_shapes.items() if own == shapes]
-    if len(matches) == 1:
-        return get_config(matches[0])
+    if len(matches) > 1:
+        # Configs that differ only in input size share weights (demo, small): the one the checkpoint
+        # records, else the first registered (the network's own: demo before its smaller-input variant).
+        recorded = _recorded_config(path)
+        matches = [recorded if recorded in matches else matches[0]]
     if matches:
-        raise BackendError(
-            f"{path}: configs {', '.join(matches)} all fit the checkpoint's parameter shapes; name one"
-        )
+        return get_config(matches[0])
     closest = max(model_shapes, key=lambda name: len(model_shapes[name].items() & shapes.items()))
     differences = fit_problem(model_shapes[closest], shapes, closest)
     raise BackendError(f"{path}: the checkpoint fits no known config; it {differences}")
