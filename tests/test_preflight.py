@@ -65,7 +65,7 @@ REFUSALS = [
     ("_synthetic", ["--constantstream_target_qps=lots"], ["--constantstream_target_qps=lots"]),
     ("_synthetic", ["--constantstream_margin=1.5"], ["--constantstream_margin=1.5", "in [0, 1)"]),
     ("_synthetic", ["--constantstream_trial_queries=0"], ["--constantstream_trial_queries=0", "at least 1"]),
-    ("_synthetic", ["--constantstream_trial_seconds=soon"], ["--constantstream_trial_seconds=soon", "seconds"]),
+    ("_synthetic", ["--constantstream_trial_seconds=x"], ["--constantstream_trial_seconds=x", "seconds"]),
     ("_synthetic", ["--frames=-1"], ["--frames=-1"]),
     ("_synthetic", ["--workers=0"], ["--workers=0"]),
     ("_synthetic", ["--config=huge"], ["--config=huge", "unknown model config"]),
