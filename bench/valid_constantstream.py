@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,23 +36,9 @@ from abtf_ssd.loadgen.report import DETAIL_LOG, detail_values, read_detail_log  
 from abtf_ssd.model.ssd import DEMO_WEIGHTS  # noqa: E402
 from abtf_ssd.submission.checker import run_checks  # noqa: E402
 from abtf_ssd.submission.official import disagreement, run_submission_checker  # noqa: E402
+from abtf_ssd.submission.sysinfo import cpu_vector_text  # noqa: E402
 
 SYSTEM = "cpu-constantstream"
-
-
-def cpu_features() -> str:
-    """The vector extensions of this CPU that decide the speed of ONNX Runtime's kernels."""
-    try:
-        flags = next(
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    named = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
-             "amx_int8": "AMX"}  # fmt: skip
-    return ", ".join(name for flag, name in named.items() if flag in flags) or "no AVX2"
 
 
 def main() -> int:
@@ -110,7 +95,7 @@ def main() -> int:
     accuracy = step(abtf, "run", *common, "--mode", "accuracy", check=False) if search else None
     outcome: dict = {
         "round": args.round,
-        "cpu": cpu_features(),
+        "cpu": cpu_vector_text(),
         "cores": os.cpu_count(),
         "model": f"SSD-ResNet50 config {args.config} ({args.precision}), demo checkpoint",
         "rate_search": search and {k: search[k] for k in ("rate_qps", "reason", "settings", "trials")},
@@ -123,7 +108,6 @@ def main() -> int:
             "p99.9_ms": values.get("result_99.90_percentile_latency_ns", 0) / 1e6,
             "overlatency_queries": values.get("result_overlatency_query_count"),
             "completed_samples_per_s": values.get("result_completed_samples_per_sec"),
-            "duration_s": values.get("result_final_query_all_samples_done_time_ns", 0) / 1e9 or None,
             "result": values.get("result_validity"),
             "invalid_reason": values.get("result_invalid_reason"),
         }
