@@ -16,6 +16,7 @@ The search itself is :mod:`abtf_ssd.loadgen.rate_search`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def loadgen_trials(
 ) -> Callable[[float], TrialLatency]:
     """``qps -> TrialLatency``: one ConstantStream test run at ``qps`` into ``folder/<n>-<qps>qps``."""
     shutil.rmtree(folder, ignore_errors=True)
-    numbers = iter(range(1, 1 << 30))
+    numbers = itertools.count(1)
 
     def trial(qps: float) -> TrialLatency:
         if sut.interrupt.is_set():
