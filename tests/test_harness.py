@@ -259,9 +259,10 @@ def _automotive_run(
 
 
 SHORT_SEARCH = ("--rate-trial-seconds", "2", "--rate-trial-queries", "6", "--rate-resolution-qps", "0.5",
-                "--rate-max-trials", "5", "--rate-margin", "0.3")  # fmt: skip
-"""A search of a few seconds a trial, with a wide margin: enough to exercise the search on LoadGen; whether
-its rate holds for a full run is measured by ``make valid-constantstream``, not by a timed test."""
+                "--rate-max-trials", "5", "--rate-margin", "0.5")  # fmt: skip
+"""A search of a few seconds a trial. Its margin is wide because the test run after it has 8 queries on a
+shared 2-core machine: its p99.9 is its slowest query, so one stall counts (a margin of 30 % let a CI
+run's stall through). The default margin is the one ``make valid-constantstream`` measured."""
 
 
 @pytest.mark.parametrize("round_name", ["v0.5", "v1.0"])
@@ -295,8 +296,8 @@ def test_constant_stream_find_performance_searches_a_rate_that_holds(
         )
         assert logged["effective_scenario"] == "ConstantStream"
         assert logged["effective_target_qps"] == pytest.approx(trial["qps"])
-        assert trial["holds"] == (trial["p999_ms"] <= 0.7 * trial["bound_ms"])
-    assert "rate search (margin 30% of the bound" in found.stdout and search["reason"] in found.stdout
+        assert trial["holds"] == (trial["p999_ms"] <= 0.5 * trial["bound_ms"])
+    assert "rate search (margin 50% of the bound" in found.stdout and search["reason"] in found.stdout
     saved = json.loads((scenario_dir / "find-performance" / "results.json").read_text())
     assert saved["target_qps"] == pytest.approx(qps)
     constant = rules.ROUNDS[round_name].constant_stream
@@ -309,9 +310,8 @@ def test_constant_stream_find_performance_searches_a_rate_that_holds(
     values = detail_values(records)
     assert values["effective_scenario"] == "ConstantStream" and detail_messages(records) == []
     assert values["effective_target_qps"] == pytest.approx(qps) and values["effective_max_query_count"] == 0
-    # Whether 8 queries on a shared 2-core machine stay within the bound is timing: the full valid run
-    # of `make valid-constantstream` (bench/) shows the searched rate holds. Here: the run says what
-    # LoadGen decided, reasons included.
+    assert "Reduce target QPS" not in str(values.get("result_invalid_reason", ""))
+    assert values["result_perf_constraints_met"] is True
     said = later.stdout + later.stderr
     rows = [row for row in map(str.split, said.splitlines()) if row[:2] == ["ConstantStream", "performance"]]
     assert rows and rows[-1][-1 if values["result_validity"] == "VALID" else -3] == values["result_validity"]
