@@ -302,7 +302,7 @@ SHORT_SEARCH = (
     "--constantstream_trial_queries=6",
     "--constantstream_resolution=0.5",
     "--constantstream_max_trials=4",
-    "--constantstream_margin=0.3",
+    "--constantstream_margin=0.5",  # wide: the short run after it is timed on a shared machine
 )
 
 
@@ -314,7 +314,7 @@ def test_constant_stream_search_then_performance_only(setup: RoundSetup) -> None
     scenario = results / SYSTEM / "ssd" / "ConstantStream"
     search = json.loads((scenario / "rate_search.json").read_text())
     qps = float((scenario / "target_qps.txt").read_text())
-    assert search["rate_qps"] == qps and "ConstantStream rate search (margin 30%" in found.stdout
+    assert search["rate_qps"] == qps and "ConstantStream rate search (margin 50%" in found.stdout
     trials = sorted((scenario / "find-performance" / "rate-trials").iterdir())
     assert len(trials) == len(search["trials"])
 
