@@ -11,11 +11,11 @@ Parts (``--parts``, default ``demo large cuda``):
   untimed call), so that a drift in machine load hits both sides.
 - ``large``: the 8 MP benchmark-config model with seeded random weights (the scripts' ``_random``
   model) and its INT8 model made by ``quantize_int8`` with the default recipe, calibrated on
-  ``--large-calibration-frames`` (16) synthetic 8 MP calibration frames in a child process whose
+  ``--large-calibration-frames`` (2) synthetic 8 MP calibration frames in a child process whose
   time and peak resident memory (``VmHWM``) are printed and reported (the streaming calibration of
   ``abtf_ssd/model/calibrate.py``; target: under 8 GB). ``--large-calibration-frames 0`` quantizes
   with every activation range fixed at [-8, 8] instead (same graph, same speed, seconds instead
-  of half an hour). ``--large-runs`` predict + decode calls a side, alternating, each side's block
+  of minutes). ``--large-runs`` predict + decode calls a side, alternating, each side's block
   after one untimed call (the harness warms its session up too; ``--large-cold`` times the first
   call instead, which pays for the first touch of the session's memory: 24 s vs 21.6 s for INT8
   here). Wall and CPU seconds are printed: on a shared machine CPU seconds / wall seconds shows
@@ -30,7 +30,7 @@ Every CPU row names the CPU's vector extensions (``sysinfo.cpu_vector_text``): I
 run about 2x faster than FP32 with AVX2 alone and about 4x with VNNI (bench/README.md).
 
     .venv/bin/python bench/bench_quantize.py [--parts demo large cuda] [--runs 20] [--large-runs 1]
-        [--large-calibration-frames 16] [--large-cold] [--threads N] [--json PATH]
+        [--large-calibration-frames 2] [--large-cold] [--threads N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -366,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--large-calibration-frames",
         type=int,
-        default=16,
-        help="calibrate the 8 MP INT8 model on this many synthetic calibration frames (0: fixed ranges)",
+        default=2,
+        help="calibrate the 8 MP INT8 model on this many synthetic calibration frames (0: fixed ranges; "
+        "2 keeps make bench within half an hour: about 190 s a frame on one core; the peak memory is flat in "
+        "the frame count, and 16 frames, 60 min, are measured in docs/reduced-precision.md)",
     )
     parser.add_argument(
         "--large-cold", action="store_true", help="time the first 8 MP call (default: after an untimed one)"

@@ -13,7 +13,9 @@ the ``abtf-ssd`` commands a user would:
 4. ``run`` performance (valid) at the rate found, then accuracy over the whole split;
 5. the open-division submission tree, our checker and the round's official ``submission_checker.py``.
 
-The outcome (model, rate, p99.9, queries, LoadGen's verdict, the official checker's words) goes to
+The outcome (model, rate, p99.9, queries, LoadGen's verdict, the official checker's words, and the
+longest time no query completed beside the CPU time the hypervisor stole meanwhile: a virtual machine
+stalled by its host fails a constant-rate run however fast the model) goes to
 ``bench/out/valid_constantstream_<round>.json`` and is printed.
 """
 
@@ -32,13 +34,29 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from upstream_tools import official_tools  # noqa: E402
 
-from abtf_ssd.loadgen.report import DETAIL_LOG, detail_values, read_detail_log  # noqa: E402
+from abtf_ssd.loadgen.report import (  # noqa: E402
+    DETAIL_LOG,
+    TRACE_LOG,
+    detail_values,
+    longest_completion_gap,
+    read_detail_log,
+    read_trace_latencies,
+)
 from abtf_ssd.model.ssd import DEMO_WEIGHTS  # noqa: E402
 from abtf_ssd.submission.checker import run_checks  # noqa: E402
 from abtf_ssd.submission.official import disagreement, run_submission_checker  # noqa: E402
 from abtf_ssd.submission.sysinfo import cpu_vector_text  # noqa: E402
 
 SYSTEM = "cpu-constantstream"
+
+
+def host_steal_s() -> float | None:
+    """CPU time the hypervisor took from this machine since boot (``steal`` in /proc/stat), in s."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def main() -> int:
@@ -91,7 +109,9 @@ def main() -> int:
     found = step(abtf, "run", *common, "--mode", "find-performance", *extra, check=False)
     scenario = work / "results" / SYSTEM / "ssd" / "ConstantStream"
     search = json.loads((scenario / "rate_search.json").read_text()) if found.returncode == 0 else None
+    steal_before = host_steal_s()
     performance = step(abtf, "run", *common, check=False) if search else None
+    steal_after = host_steal_s()
     accuracy = step(abtf, "run", *common, "--mode", "accuracy", check=False) if search else None
     outcome: dict = {
         "round": args.round,
@@ -111,6 +131,13 @@ def main() -> int:
             "result": values.get("result_validity"),
             "invalid_reason": values.get("result_invalid_reason"),
         }
+        trace = read_trace_latencies(scenario / "performance/run_1" / TRACE_LOG)
+        if trace is not None:
+            gap_ns, ended_ns = longest_completion_gap(trace)
+            outcome["performance"]["longest_stall_s"] = round(gap_ns / 1e9, 3)
+            outcome["performance"]["stall_ended_at_s"] = round(ended_ns / 1e9, 1)
+        if steal_before is not None and steal_after is not None:
+            outcome["performance"]["host_steal_s"] = round(steal_after - steal_before, 2)
     if accuracy is not None and accuracy.returncode == 0:
         sut_info = work / "results" / SYSTEM / "mlc-sut-info.json"
         step(abtf, "sysinfo", "--out", str(sut_info), "--framework", "onnxruntime", "--device", "cpu")

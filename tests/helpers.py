@@ -68,18 +68,23 @@ store_writer._write_json = write_or_die
 """
 
 
-def run_instant_sut(out: Path, settings, samples: int, answer_after_s: float) -> Path:
+def run_instant_sut(
+    out: Path, settings, samples: int, answer_after_s: float, stall: tuple[int, float] | None = None
+) -> Path:
     """A real LoadGen run with ``settings`` of an SUT that answers each sample with six zero floats
-    after ``answer_after_s``; its logs go to ``out`` (created), away from any audit.config."""
+    after ``answer_after_s`` (``stall``: query number n, counted from 0, answers after s seconds);
+    its logs go to ``out`` (created), away from any audit.config."""
+    import itertools
     import time
 
     import mlperf_loadgen as lg
     import numpy as np
 
     response = np.zeros(6, np.float32)
+    issued = itertools.count()
 
     def issue(query_samples: list) -> None:
-        time.sleep(answer_after_s)
+        time.sleep(stall[1] if stall and next(issued) == stall[0] else answer_after_s)
         lg.QuerySamplesComplete(
             [lg.QuerySampleResponse(s.id, response.ctypes.data, response.nbytes) for s in query_samples]
         )

@@ -25,9 +25,11 @@ from abtf_ssd.loadgen.harness import (
 )
 from abtf_ssd.loadgen.report import (
     DETAIL_LOG,
+    TRACE_LOG,
     detail_messages,
     detail_values,
     read_detail_log,
+    read_trace_latencies,
     summarize_run,
 )
 from abtf_ssd.model.backends import create_backend
@@ -318,6 +320,9 @@ def test_constant_stream_find_performance_searches_a_rate_that_holds(
     for reason in summarize_run(run_dir, "ConstantStream", "performance").invalid_reasons:
         assert f"INVALID: {reason}" in said
     assert f"ssd.ConstantStream.target_qps = {qps!r}\n" in (run_dir / "user.conf").read_text()
+    trace = read_trace_latencies(run_dir / TRACE_LOG)  # from the scheduled time: queueing included
+    assert trace.query_ns.max() == values["result_max_latency_ns"]
+    assert trace.query_ns.min() == values["result_min_latency_ns"]
     if given:  # v1.0 below its rate: said in the run's output and the table
         assert "not the round's 15 QPS" in later.stdout + later.stderr
 

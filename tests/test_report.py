@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from abtf_ssd.loadgen.report import (
     format_metric,
     format_table,
     loadgen_percentile,
+    longest_completion_gap,
     parse_summary,
     read_detail_log,
     read_trace_latencies,
@@ -74,6 +76,30 @@ def test_trace_latencies_are_loadgens(valid_run: Path) -> None:
     )
     assert set(trace.sample_index.tolist()) <= set(range(8))
     assert read_trace_latencies(valid_run / "missing.json") is None
+
+
+def test_completion_times_are_the_trace_s(valid_run: Path) -> None:
+    trace = read_trace_latencies(valid_run / TRACE_LOG)
+    assert trace is not None and len(trace.completed_at_ns) == 600
+    assert (np.diff(np.sort(trace.completed_at_ns)) > 0).all()  # SingleStream: one query at a time
+    gap_ns, _ = longest_completion_gap(trace)
+    assert 0 < gap_ns < 0.1e9  # back to back at ~0.2 ms a query: no stall
+
+
+def test_longest_completion_gap_finds_a_stall(tmp_path: Path) -> None:
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.SingleStream
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.min_query_count = settings.max_query_count = 50
+    settings.min_duration_ms = 0
+    run_dir = run_instant_sut(tmp_path / "stall", settings, samples=8, answer_after_s=0.0002, stall=(20, 0.4))
+    trace = read_trace_latencies(run_dir / TRACE_LOG)
+    gap_ns, ended_ns = longest_completion_gap(trace)
+    assert 0.4e9 <= gap_ns < 0.6e9
+    stalled = int(np.argmax(trace.sample_ns))
+    assert trace.completed_at_ns[stalled] == ended_ns and trace.sample_ns[stalled] >= 0.4e9
+    one = dataclasses.replace(trace, completed_at_ns=trace.completed_at_ns[:1])
+    assert longest_completion_gap(one) == (0, 0)
 
 
 def test_percentiles_from_the_trace_are_loadgens(valid_run: Path) -> None:

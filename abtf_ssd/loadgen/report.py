@@ -5,8 +5,8 @@ Sources, all written by LoadGen into the run's folder:
 * ``mlperf_log_detail.txt``: one ``:::MLLOG {json}`` record a line; performance results
   (``result_*``, ``early_stopping_*``), effective settings, and every error and warning.
 * ``mlperf_log_summary.txt``: ``key : value`` lines, the human summary.
-* ``mlperf_log_trace.json``: a trace whose ``Sample`` begin events carry each sample's
-  ``issue_start_ns`` and ``complete_ns``, i.e. LoadGen's own per-sample latencies, in
+* ``mlperf_log_trace.json``: a trace whose ``Sample`` begin events carry when each sample's query
+  was scheduled and its ``complete_ns`` from then, i.e. LoadGen's own per-sample latencies, in
   accuracy mode too (the detail log has only percentiles). The file is not strict JSON
   (some names are double-quoted twice), so its sample lines are read with a pattern.
 """
@@ -31,8 +31,8 @@ HISTOGRAM_PNG = "latency_histogram.png"
 
 _MLLOG_PREFIX = ":::MLLOG "
 _TRACE_SAMPLE = re.compile(
-    r'"name":"Sample".*?"ph":"b".*?"query_seq":(\d+),"sample_idx":(\d+),'
-    r'"issue_start_ns":(\d+),"complete_ns":(\d+)'
+    r'"name":"Sample".*?"ph":"b".*?"ts":([\d.]+).*?"query_seq":(\d+),"sample_idx":(\d+),'
+    r'"issue_start_ns":\d+,"complete_ns":(\d+)'
 )
 _PERCENTILES = ("50.00", "90.00", "99.00", "99.90")
 
@@ -88,6 +88,8 @@ class TraceLatencies:
     query_ns: np.ndarray
     sample_index: np.ndarray
     """QSL index of each sample, aligned with :attr:`sample_ns`."""
+    completed_at_ns: np.ndarray
+    """When each sample completed, in ns on the trace's clock, aligned with :attr:`sample_ns`."""
 
 
 def loadgen_percentile(latencies: np.ndarray, fraction: float) -> float:
@@ -101,19 +103,26 @@ def loadgen_percentile(latencies: np.ndarray, fraction: float) -> float:
 
 
 def read_trace_latencies(path: str | Path) -> TraceLatencies | None:
-    """Per-sample and per-query latencies of a run; None when the run wrote no trace."""
+    """Per-sample and per-query latencies of a run; None when the run wrote no trace.
+
+    A ``Sample`` begin event's ``ts`` (us) is when LoadGen scheduled the query, and its ``complete_ns``
+    counts from there: that is LoadGen's latency. ``issue_start_ns`` is how late the query was issued,
+    0 in SingleStream but the queueing delay of a constant-rate run, so it is part of the latency.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    queries, indices, latencies = [], [], []
+    queries, indices, latencies, completions = [], [], [], []
     with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             match = _TRACE_SAMPLE.search(line)
             if match:
-                query, index, start, complete = map(int, match.groups())
+                scheduled_us = float(match.group(1))
+                query, index, latency = map(int, match.groups()[1:])
                 queries.append(query)
                 indices.append(index)
-                latencies.append(complete - start)
+                latencies.append(latency)
+                completions.append(round(scheduled_us * 1000) + latency)
     sample_ns = np.asarray(latencies, dtype=np.int64)
     query_seq = np.asarray(queries, dtype=np.int64)
     if len(sample_ns):
@@ -122,7 +131,27 @@ def read_trace_latencies(path: str | Path) -> TraceLatencies | None:
         np.maximum.at(query_ns, order, sample_ns)
     else:
         query_ns = sample_ns
-    return TraceLatencies(sample_ns=sample_ns, query_ns=query_ns, sample_index=np.asarray(indices, np.int64))
+    return TraceLatencies(
+        sample_ns=sample_ns,
+        query_ns=query_ns,
+        sample_index=np.asarray(indices, np.int64),
+        completed_at_ns=np.asarray(completions, np.int64),
+    )
+
+
+def longest_completion_gap(trace: TraceLatencies) -> tuple[int, int]:
+    """The longest time in which no sample completed, and when it ended (ns on the trace's clock).
+
+    A gap far longer than a query's service time is a stall of the whole system (on a virtual machine,
+    often the host taking the CPU away): at a constant rate every query issued during it queues.
+    ``(0, 0)`` for fewer than two samples.
+    """
+    done = np.sort(trace.completed_at_ns)
+    if done.size < 2:
+        return 0, 0
+    gaps = np.diff(done)
+    last = int(np.argmax(gaps))
+    return int(gaps[last]), int(done[last + 1])
 
 
 # ---------------------------------------------------------------------------------------------
