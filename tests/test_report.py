@@ -26,6 +26,7 @@ from abtf_ssd.loadgen.report import (
     parse_summary,
     read_detail_log,
     read_trace_latencies,
+    stall_note,
     summarize_run,
     write_latency_histogram,
 )
@@ -100,6 +101,10 @@ def test_longest_completion_gap_finds_a_stall(tmp_path: Path) -> None:
     assert trace.completed_at_ns[stalled] == ended_ns and trace.sample_ns[stalled] >= 0.4e9
     one = dataclasses.replace(trace, completed_at_ns=trace.completed_at_ns[:1])
     assert longest_completion_gap(one) == (0, 0)
+    note = stall_note(trace, interval_ns=0.1e9)  # a query every 100 ms: the 0.4 s stall made one late
+    assert note and note.startswith("no query completed for 0.4") and "query intervals of 100.0 ms" in note
+    assert "the system stalled" in note and "p50 0." in note
+    assert stall_note(trace, interval_ns=0.3e9) is None  # under two intervals: no query had to be late
 
 
 def test_percentiles_from_the_trace_are_loadgens(valid_run: Path) -> None:

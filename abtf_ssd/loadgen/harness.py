@@ -477,6 +477,10 @@ def _collect(
         if trace is not None and len(trace.query_ns):
             title = f"{options.scenario} {options.mode}: LoadGen query latency ({options.system_name})"
             report.write_latency_histogram(trace.query_ns, out_dir / report.HISTOGRAM_PNG, title)
+            if summary.target_qps and summary.result == "INVALID":
+                constant_stream = rules.get_round(options.round).constant_stream
+                note = report.stall_note(trace, constant_stream.latency_bound_ns(summary.target_qps))
+                summary.warnings += [note] if note else []
     if options.mode == "find-performance":
         result.expected_latency_ns = _measured_latency(summary)
         path = scenario_dir(options) / EXPECTED_LATENCY_FILE

@@ -154,6 +154,26 @@ def longest_completion_gap(trace: TraceLatencies) -> tuple[int, int]:
     return int(gaps[last]), int(done[last + 1])
 
 
+def stall_note(trace: TraceLatencies, interval_ns: float) -> str | None:
+    """Why a constant-rate run failed when the system stopped: a note, or None when it did not.
+
+    A query is scheduled every ``interval_ns``, so a gap between two completions longer than two
+    intervals made a query late whatever its service time: the queries scheduled in it waited. A gap
+    far longer than the model's latency is a stall (other work on the machine, or on a virtual
+    machine the hypervisor taking the CPU: ``steal`` in /proc/stat), which a lower rate cannot absorb.
+    """
+    gap_ns, ended_ns = longest_completion_gap(trace)
+    if gap_ns <= 2 * interval_ns:
+        return None
+    return (
+        f"no query completed for {gap_ns / 1e9:.2f} s (until {ended_ns / 1e9:.0f} s into the run), over "
+        f"{gap_ns / interval_ns:.0f} query intervals of {interval_ns / 1e6:.1f} ms: the queries scheduled "
+        f"meanwhile queued. If that is far longer than the model's latency (p50 "
+        f"{loadgen_percentile(trace.query_ns, 0.5) / 1e6:.1f} ms), the system stalled: other work on the "
+        "machine, or the hypervisor's steal on a virtual machine (/proc/stat)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # One run's numbers
 
